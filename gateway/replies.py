@@ -1,0 +1,55 @@
+"""Every SMTP/LMTP reply the gateway gives, in one catalogue.
+
+Codes follow RFC 5321 section 4.2; enhanced status codes RFC 3463 / RFC 5248.
+Handlers return entries from here, never ad-hoc strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    status: str  # RFC 3463 enhanced status code
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    def with_text(self, text: str) -> "Reply":
+        return Reply(self.code, self.status, text)
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    @property
+    def ok(self) -> bool:
+        return self.code < 400
+
+
+class _Catalogue:
+    sender_ok = Reply(250, "2.1.0", "Sender OK")
+    recipient_ok = Reply(250, "2.1.5", "Recipient OK")
+    filed = Reply(250, "2.0.0", "Filed")
+    duplicate = Reply(250, "2.0.0", "Already filed")
+    dropped = Reply(250, "2.0.0", "Accepted")
+    no_such_user = Reply(550, "5.1.1", "No such user here")
+    sender_not_allowed = Reply(550, "5.7.1", "Sender is not allowed to file to this address")
+    too_many_recipients = Reply(452, "4.5.3", "Too many recipients")
+    too_big = Reply(552, "5.3.4", "Message too big for system")
+    malformed = Reply(554, "5.6.0", "Message content could not be parsed")
+    internal_error = Reply(451, "4.3.0", "Temporary internal error, try again later")
+    database_unavailable = Reply(451, "4.3.0", "Storage temporarily unavailable, try again later")
+    busy = Reply(421, "4.3.2", "Service shutting down, try again later")
+    bad_sender_syntax = Reply(501, "5.1.7", "Bad sender address syntax")
+    bad_recipient_syntax = Reply(501, "5.1.3", "Bad recipient address syntax")
+
+
+REPLIES = _Catalogue()
