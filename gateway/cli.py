@@ -1,0 +1,216 @@
+"""The `gateway` command: serve, check, db, dropbox, export, email."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from gateway import __version__
+from gateway.errors import ConfigError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway import settings
+
+    return settings.load(args.config)
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False, indent=2)
+    sys.stdout.write("\n")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway import app, logs
+
+    s = _settings(args)
+    logs.setup(s.logging.level, s.logging.format)
+    return app.run(s)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.rules.loader import load_rules
+
+    s = _settings(args)
+    index = load_rules(s.rules_dir)
+    summary = {
+        "config": str(args.config),
+        "database": s.database_url,
+        "rules": list(index.files),
+        "organisations": {
+            o.id: {"users": len(o.users), "pipelines": len(o.pipelines),
+                   "aliases": sorted(a.address for a in index.aliases.values() if a.org_id == o.id)}
+            for o in index.orgs.values()
+        },
+    }
+    if args.json:
+        _print_json({"ok": True, **summary})
+    else:
+        print(f"{args.config}: OK ({len(index.files)} rule files, {len(index.orgs)} organisations)")
+    return EXIT_OK
+
+
+def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway.app import load_and_sync, open_database
+
+    s = _settings(args)
+    engine = open_database(s)
+    return s, engine, load_and_sync(s, engine)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from gateway.store import db
+
+    s = _settings(args)
+    engine = db.make_engine(s.database_url, s.database.timeout_seconds)
+    applied = db.upgrade(engine)
+    print(f"database at revision {db.current_revision(engine)}" + (f" (applied {', '.join(applied)})" if applied else " (already up to date)"))
+    return EXIT_OK
+
+
+def _dropbox_user(index, email: str):  # type: ignore[no-untyped-def]
+    from gateway.addresses import normalise
+
+    email = normalise(email)
+    matches = [o.users[email] for o in index.orgs.values() if email in o.users]
+    if not matches:
+        raise LookupError(f"no user {email} in the rules")
+    user = matches[0]
+    if not user.may_use_dropbox:
+        raise LookupError(f"{email} has no dropbox: their role {user.role!r} lacks the permission (or the user is inactive)")
+    return user
+
+
+def cmd_dropbox(args: argparse.Namespace) -> int:
+    from gateway.routing import dropbox_address
+    from gateway.store import repo
+
+    _, engine, index = _open(args)
+    user = _dropbox_user(index, args.user)
+    org = index.orgs[user.org_id]
+    if args.dropbox_command == "regenerate":
+        token = repo.regenerate_dropbox(engine, org.id, user.id)
+    else:
+        token = repo.dropbox_token(engine, org.id, user.id)
+    address = dropbox_address(token, org.gateway_domain)
+    if args.dropbox_command == "vcard":
+        sys.stdout.write(_vcard(user, org, address))
+    elif getattr(args, "json", False):
+        _print_json({"user": user.email, "org": org.id, "address": address})
+    else:
+        print(address)
+    return EXIT_OK
+
+
+def _vcard(user, org, address: str) -> str:  # type: ignore[no-untyped-def]
+    import vobject
+
+    card = vobject.vCard()
+    card.add("n").value = vobject.vcard.Name(family="Dropbox", given=(f"{user.first_name} {user.last_name}").strip())
+    card.add("fn").value = f"CRM dropbox ({user.email})"
+    card.add("org").value = [org.name]
+    email = card.add("email")
+    email.value = address
+    email.type_param = "INTERNET"
+    card.add("note").value = f"Put this address in Bcc to file the mail in the CRM ({org.name})."
+    return card.serialize()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gateway.export import export
+
+    _, engine, _ = _open(args)
+    _print_json(export(engine, args.org))
+    return EXIT_OK
+
+
+def cmd_email_raw(args: argparse.Namespace) -> int:
+    from gateway.store import repo
+
+    _, engine, _ = _open(args)
+    raw = repo.raw_email(engine, args.id, args.org)
+    if raw is None:
+        print(f"gateway: no email {args.id}", file=sys.stderr)
+        return EXIT_FAIL
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_config = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", type=Path, default=Path(default_config),
+                        help=f"path to gateway.toml (default: $GATEWAY_CONFIG or ./gateway.toml; now {default_config})")
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Mail gateway for CRMs: BCC dropbox filing, email-in pipelines, outbound relay.",
+        epilog="Environment overrides: GATEWAY_DATABASE_URL, GATEWAY_LMTP_LISTEN, GATEWAY_SMTP_LISTEN (host:port).",
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the daemon (LMTP and SMTP listeners)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", parents=[common], help="validate gateway.toml and rules/ without starting; exit 0 or 1")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("db", help="database schema")
+    dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    q = dbsub.add_parser("upgrade", parents=[common], help="bring the schema to the newest revision")
+    q.set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("dropbox", help="a user's BCC dropbox address")
+    dsub = p.add_subparsers(dest="dropbox_command", required=True, metavar="ACTION")
+    for name, text in (("address", "print the user's dropbox address"),
+                       ("regenerate", "make a new address; the old one stops working at once"),
+                       ("vcard", "print the address as a vCard (.vcf) for an address book")):
+        q = dsub.add_parser(name, parents=[common], help=text)
+        q.add_argument("user", metavar="USER_EMAIL")
+        if name != "vcard":
+            q.add_argument("--json", action="store_true", help="print {user, org, address} as JSON")
+        q.set_defaults(func=cmd_dropbox)
+
+    p = sub.add_parser("export", parents=[common], help="print stored leads, contacts, records and emails as JSON")
+    p.add_argument("--org", help="only this organisation")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("email", help="stored messages")
+    esub = p.add_subparsers(dest="email_command", required=True, metavar="ACTION")
+    q = esub.add_parser("raw", parents=[common], help="print a stored message exactly as received")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("--org", help="only if it belongs to this organisation")
+    q.set_defaults(func=cmd_email_raw)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.func is not cmd_serve:
+        from gateway import logs
+
+        # Commands print results on stdout; their logs go to stderr, quietly.
+        logs.setup("warning", "console" if sys.stderr.isatty() else "json")
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # e.g. `gateway export | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"gateway: {problem}", file=sys.stderr)
+        return EXIT_FAIL
+    except LookupError as exc:
+        print(f"gateway: {exc.args[0]}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,120 @@
+"""One delivery, from recipient lookup to per-recipient replies.  Knows nothing of aiosmtpd.
+
+RCPT: address → route (rules in memory; a dropbox token is checked in the database
+so a regenerated address stops working at once in every process).
+DATA: the message is parsed once in a worker; each route files it in its own short
+transaction; each recipient gets its own reply, 250 only after its commit.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import sqlalchemy.exc
+from sqlalchemy import Engine
+
+from gateway import logs
+from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
+from gateway.ingest import dropbox
+from gateway.ingest.parse import ParsedMessage, parse_message
+from gateway.replies import REPLIES, Reply
+from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, classify, dropbox_route
+from gateway.rules.index import RuleIndex
+from gateway.store import repo
+from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
+
+log = logs.get("gateway.delivery")
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Database trouble of any kind is temporary: 451 4.3.0, the MTA retries."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+            raise TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}") from exc
+
+    return run
+
+
+class Gateway:
+    def __init__(self, engine: Engine, rules: RuleIndex, pool: WorkerPool):
+        self.engine = engine
+        self._rules = rules
+        self.pool = pool
+        # Filing functions per route kind; email_in registers itself (issue 3).
+        self.filers: dict[type, Callable[..., repo.FilingResult]] = {
+            DropboxRoute: lambda rules, route, parsed, sender: dropbox.file(self.engine, rules, route, parsed, sender),
+        }
+
+    @property
+    def rules(self) -> RuleIndex:
+        return self._rules
+
+    def swap_rules(self, rules: RuleIndex) -> None:
+        """Deliveries under way keep the index they started with (captured at MAIL)."""
+        self._rules = rules
+
+    async def route_for(self, rules: RuleIndex, address: str) -> Route | None:
+        found = classify(rules, address)
+        if isinstance(found, DropboxCandidate):
+            user_id = await self.pool.run(guarded(repo.dropbox_owner), self.engine, found.org_id, found.token)
+            return dropbox_route(rules, found.org_id, user_id)
+        if isinstance(found, AliasRoute) and AliasRoute not in self.filers:
+            return None
+        return found
+
+    async def deliver(
+        self, rules: RuleIndex, routes: list[Route], raw: bytes, envelope_sender: str
+    ) -> list[Reply]:
+        started = time.monotonic()
+        try:
+            parsed: ParsedMessage = await self.pool.run(parse_message, raw, big=len(raw) > BIG_MESSAGE_BYTES)
+        except PermanentFailure as exc:
+            log.info("message_unparseable", reason=exc.detail, size=len(raw))
+            return [exc.reply] * len(routes)
+        replies = []
+        for route in routes:
+            replies.append(await self._file_one(rules, route, parsed, envelope_sender, started))
+        return replies
+
+    async def _file_one(
+        self, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str, started: float
+    ) -> Reply:
+        filer = self.filers[type(route)]
+        fields: dict[str, Any] = {"org": route.org_id, "route": route.kind}
+        try:
+            result = await self.pool.run(guarded(filer), rules, route, parsed, envelope_sender)
+        except DeliveryFailure as exc:
+            reply = exc.reply
+            fields["reason"] = exc.detail
+            if isinstance(exc, TemporaryFailure):
+                log.warning("recipient_decision", outcome="deferred", code=reply.code, status=reply.status,
+                            duration_ms=_ms(started), **fields)
+            else:
+                log.info("recipient_decision", outcome="rejected", code=reply.code, status=reply.status,
+                         duration_ms=_ms(started), **fields)
+            return reply
+        except Exception:
+            log.exception("recipient_decision", outcome="deferred", code=451, status="4.3.0",
+                          duration_ms=_ms(started), **fields)
+            return REPLIES.internal_error
+        reply = REPLIES.duplicate if result.duplicate else REPLIES.filed
+        log.info(
+            "recipient_decision",
+            outcome="duplicate" if result.duplicate else "filed",
+            code=reply.code,
+            status=reply.status,
+            email_id=result.email_id,
+            people=[(p["kind"], p["id"], p["action"]) for p in result.people],
+            duration_ms=_ms(started),
+            **fields,
+        )
+        return reply
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 2)

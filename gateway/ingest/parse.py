@@ -1,0 +1,756 @@
+"""Turn the raw bytes of one received e-mail into an immutable :class:`ParsedMessage`.
+
+Contract: :func:`parse_message` never raises anything but
+:class:`gateway.errors.MalformedMessage`, and raises that only when there is
+nothing to salvage (no bytes, or no header section at all).  Everything else
+(broken MIME, bad base64, unknown charsets, NUL bytes, very long lines,
+absurd nesting, missing or bad Message-ID/Date) is parsed as well as possible.
+
+Why the MIME structure is not taken from ``mailparser.parse_from_bytes``:
+
+* mail-parser wraps the stdlib ``email`` feed parser, which recurses once per
+  ``multipart/*`` nesting level (nested generators) and ``Message.walk()``
+  recurses again: a 1000-level nested message raises ``RecursionError``
+  (mail-parser turns it into ``MailParserRecursionError``) after ~0.6 s of
+  work, i.e. we would lose the whole message and burn CPU.  The stdlib
+  fallback (``email.message_from_bytes``) has exactly the same problem, so a
+  fallback does not help.
+* mail-parser decodes text bodies itself and turns Shift_JIS-labelled CP932
+  bodies (①, 髙, ～ ...) into U+FFFD; its ``parse()`` also re-encodes every
+  attachment to base64 and invents random file names, work we do not need.
+
+So the structure is walked here, iteratively, on bytes: each part's header
+block is split off by a small line scanner, stored in a compat32
+``email.message.Message`` (fast; ``policy.default`` is ~3x slower) so the
+stdlib's Content-Type / RFC 2231 parameter handling is reused, and a
+multipart body is cut at its boundary lines with ``bytes.find`` (linear).
+Depth is capped at ``_MAX_DEPTH`` (deeper multiparts are opaque and skipped)
+and the number of parts at ``_MAX_PARTS``.  Charset decoding of bodies and
+headers is our own (:func:`_decode_text`, :func:`_decode_header_value`).
+mail-parser is still used where it does the job well: its RFC 5322 date
+interpreter (``mailparser.dates.parse_mail_date``), with the stdlib
+``email.utils.parsedate_to_datetime`` as fallback.
+
+Every ``str`` field is safe for PostgreSQL ``text``: NUL characters are
+removed and lone surrogates are replaced by U+FFFD.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import email.header
+import email.utils
+import hashlib
+import html as html_module
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.message import Message
+
+from gateway.errors import MalformedMessage
+
+from charset_normalizer import from_bytes as _detect_charsets
+from inscriptis import get_text as _inscriptis_text
+
+try:  # mail-parser's tolerant RFC 5322 date interpreter (returns UTC values)
+    from mailparser.dates import parse_mail_date as _mp_parse_date
+except Exception:  # pragma: no cover - mail-parser missing or reorganised
+    _mp_parse_date = None
+
+__all__ = ["Address", "AttachmentInfo", "ParsedMessage", "parse_message"]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    name: str  # decoded display name, "" when none
+    address: str  # addr-spec as written (not lower-cased); never ""
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentInfo:
+    filename: str  # decoded (RFC 2231 / RFC 2047); "" when none
+    content_type: str  # lower-case "type/subtype"
+    size: int  # decoded byte size of the payload
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    raw: bytes
+    digest: str
+    message_id: str | None
+    date: datetime | None
+    from_: Address | None
+    sender: Address | None
+    reply_to: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    subject: str
+    text_body: str
+    html_body: str
+    attachments: tuple[AttachmentInfo, ...]
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    content_type: str
+    report_type: str
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> str | None:
+        """First value of the header ``name`` (case-insensitive), or None."""
+        key = name.lower()
+        for field, value in self.headers:
+            if field == key:
+                return value
+        return None
+
+
+# --------------------------------------------------------------------------
+# limits
+
+_MAX_DEPTH = 64  # multipart nesting below this is treated as opaque
+_MAX_PARTS = 5000  # parts visited per message
+_MAX_HEADER_LINES = 10000  # per header block; the rest is treated as body
+_DETECT_MIN = 16  # charset detection is pointless on tinier inputs
+_DETECT_MAX = 4 * 1024 * 1024  # charset-normalizer samples, but stay bounded
+_HTML2TEXT_MAX = 512 * 1024  # larger HTML gets the linear tag stripper (inscriptis ~0.6 s/MB)
+_DATE_MAX = 512  # characters of a Date value looked at
+
+
+# --------------------------------------------------------------------------
+# text hygiene
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """Make ``text`` storable in PostgreSQL: no NUL, no lone surrogates."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if _SURROGATES.search(text):
+        text = _SURROGATES.sub("\ufffd", text)
+    return text
+
+
+def _normalize_newlines(text: str) -> str:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+# --------------------------------------------------------------------------
+# charsets
+
+_SJIS = ("cp932", "shift_jis_2004", "shift_jisx0213")
+_ISO2022JP = ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_3", "iso2022_jp_ext", "iso2022_jp_2")
+_EUCJP = ("euc_jp", "euc_jis_2004", "euc_jisx0213")
+
+_CHARSET_MAP: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("shift_jis", "shift-jis", "sjis", "x-sjis", "s-jis", "shift_jis-2004", "windows-31j",
+         "ms_kanji", "ms-kanji", "csshiftjis", "cswindows31j", "cp932", "ibm-943", "x-ms-cp932"),
+        _SJIS,
+    ),
+    **dict.fromkeys(("iso-2022-jp", "iso2022-jp", "iso2022_jp", "csiso2022jp", "iso-2022-jp-ms",
+                     "iso-2022-jp-1", "iso-2022-jp-3", "iso-2022-jp-2004", "cp50220",
+                     "cp50221", "cp50222"), _ISO2022JP),
+    "iso-2022-jp-2": ("iso2022_jp_2",) + _ISO2022JP,
+    **dict.fromkeys(("euc-jp", "euc_jp", "eucjp", "x-euc-jp", "cseucpkdfmtjapanese", "cp51932",
+                     "euc-jis-2004", "euc-jisx0213"), _EUCJP),
+    **dict.fromkeys(("gb2312", "gb_2312-80", "csgb2312", "euc-cn", "x-euc-cn", "gbk", "x-gbk",
+                     "cp936", "windows-936", "gb18030"), ("gb18030",)),
+    **dict.fromkeys(("ks_c_5601-1987", "ks_c_5601", "ksc5601", "ks_c_5601-1989", "euc-kr",
+                     "x-euc-kr", "cseuckr", "korean", "cp949", "windows-949", "uhc"), ("cp949",)),
+    **dict.fromkeys(("big5", "x-big5", "csbig5", "cp950", "big5-hkscs"), ("cp950", "big5hkscs")),
+    # ASCII labels routinely carry undeclared UTF-8; UTF-8 is a superset.
+    **dict.fromkeys(("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "7bit", "8bit"),
+                    ("utf-8",)),
+    **dict.fromkeys(("utf-8", "utf8", "unicode-1-1-utf-8", "x-unicode20utf8"), ("utf-8",)),
+    # As browsers do (WHATWG): Latin-1 labels mean windows-1252.
+    **dict.fromkeys(("iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "iso_8859-1",
+                     "windows-1252", "cp1252", "x-cp1252"), ("cp1252", "latin-1")),
+    **dict.fromkeys(("iso-8859-8-i", "iso-8859-8-e"), ("iso8859_8",)),
+    **dict.fromkeys(("iso-8859-6-i", "iso-8859-6-e"), ("iso8859_6",)),
+    "tis-620": ("cp874", "tis_620"),
+    "iso-8859-11": ("cp874", "iso8859_11"),
+}
+
+_codec_cache: dict[str, tuple[str, ...]] = {}
+
+
+def _codecs_for(label: str | None) -> tuple[str, ...]:
+    """Codec names to try, strictly and in order, for a charset label."""
+    if not label:
+        return ()
+    key = label.strip().strip("\"'").strip().lower()
+    key = key.split("*", 1)[0]  # RFC 2231 language suffix: "iso-2022-jp*ja"
+    cached = _codec_cache.get(key)
+    if cached is not None:
+        return cached
+    result = _CHARSET_MAP.get(key)
+    if result is None:
+        try:
+            result = (codecs.lookup(key).name,)
+        except (LookupError, ValueError, TypeError):
+            result = ()
+        else:
+            # a label that merely names a transform codec (base64, rot13...)
+            # must not be used for text
+            try:
+                b"".decode(result[0])
+            except Exception:
+                result = ()
+    if len(_codec_cache) < 512:
+        _codec_cache[key] = result
+    return result
+
+
+def _try_decode(data: bytes, codec: str) -> str | None:
+    try:
+        return data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return None
+
+
+def _detect(data: bytes) -> str | None:
+    """charset-normalizer's best guess, or None."""
+    if not (_DETECT_MIN <= len(data) <= _DETECT_MAX):
+        return None
+    try:
+        best = _detect_charsets(data).best()
+        return str(best) if best is not None else None
+    except Exception:
+        return None
+
+
+def _decode_text(data: bytes, label: str | None) -> str:
+    """Decode a text body: declared codec(s) strictly, then detection, then replace."""
+    candidates = _codecs_for(label)
+    for codec in candidates:
+        text = _try_decode(data, codec)
+        if text is not None:
+            return text
+    fallback = candidates[0] if candidates else "utf-8"
+    if not candidates:
+        # missing or unknown label: UTF-8 is the common case and cheap
+        text = _try_decode(data, "utf-8")
+        if text is not None:
+            return text
+    else:
+        # the declared codec almost fits (a truncated character, one stray
+        # byte): a detector would garble the whole body, keep the declared one
+        lossy = data.decode(fallback, "replace")
+        bad = lossy.count("\ufffd") - data.count(b"\xef\xbf\xbd")
+        if bad * 200 <= len(data):
+            return lossy
+    detected = _detect(data)
+    if detected is not None:
+        return detected
+    return data.decode(fallback, "replace")
+
+
+def _decode_raw_header(data: bytes) -> str:
+    """Undeclared 8-bit header bytes: UTF-8, then CP932, then UTF-8 with replacement."""
+    if data.isascii():
+        return data.decode("ascii")
+    for codec in ("utf-8", "cp932"):
+        text = _try_decode(data, codec)
+        if text is not None:
+            return text
+    return data.decode("utf-8", "replace")
+
+
+def _decode_header_bytes(data: bytes, label: str | None) -> str:
+    """Bytes of an RFC 2047 / RFC 2231 value in charset ``label``."""
+    if label is None:
+        return _decode_raw_header(data)
+    candidates = _codecs_for(label)
+    for codec in candidates:
+        text = _try_decode(data, codec)
+        if text is not None:
+            return text
+    if not candidates:
+        return _decode_raw_header(data)
+    for codec in ("utf-8", "cp932"):
+        text = _try_decode(data, codec)
+        if text is not None:
+            return text
+    return data.decode(candidates[0], "replace")
+
+
+# --------------------------------------------------------------------------
+# header values
+#
+# Header values are kept internally as latin-1 ``str`` (one char per raw
+# byte), so that ``email.header.decode_header`` hands unencoded runs back as
+# the exact original bytes (it converts them with raw-unicode-escape).
+
+def _unfold(value: str) -> str:
+    """RFC 5322 unfolding: drop the line breaks, keep the folding whitespace."""
+    if "\r" in value or "\n" in value:
+        value = value.replace("\r", "").replace("\n", "")
+    return value
+
+
+def _decode_header_value(value: str) -> str:
+    """Decode a latin-1 raw header value: RFC 2047 words and raw 8-bit."""
+    value = _unfold(value)
+    if "=?" not in value:
+        return _clean(_decode_raw_header(value.encode("latin-1", "replace")))
+    try:
+        chunks = email.header.decode_header(value)
+    except Exception:
+        return _clean(_decode_raw_header(value.encode("latin-1", "replace")))
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            chunk = chunk.encode("latin-1", "replace")
+        out.append(_decode_header_bytes(chunk, charset))
+    return _clean("".join(out))
+
+
+def _raw_bytes(value: str) -> bytes:
+    return value.encode("latin-1", "replace")
+
+
+# --------------------------------------------------------------------------
+# header blocks
+
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+
+
+def _parse_head(data: bytes, default_type: str = "text/plain") -> tuple[Message, int, int]:
+    """Split ``data`` into a compat32 Message (headers only) and the body offset.
+
+    Returns ``(message, body_start, header_field_count)``.  Mirrors the stdlib
+    feed parser: the header block ends at the first empty line (consumed) or
+    at the first line that is neither a header field nor a continuation line
+    (not consumed; it is the first body line).
+    """
+    fields: list[list[bytes]] = []
+    pos = 0
+    size = len(data)
+    lines = 0
+    while pos < size:
+        eol = data.find(b"\n", pos)
+        end = size if eol < 0 else eol + 1
+        first = data[pos : pos + 1]
+        if first == b"\n" or data[pos:end] == b"\r\n" or (first == b"\r" and end == pos + 1):
+            pos = end
+            break
+        lines += 1
+        if lines > _MAX_HEADER_LINES:
+            break
+        if first in (b" ", b"\t"):
+            if fields:
+                fields[-1].append(data[pos:end])
+            # else: a continuation with nothing to continue; ignored like stdlib
+        elif pos == 0 and data.startswith(b"From "):
+            pass  # mbox "From " line
+        elif _HEADER_LINE.match(data, pos):
+            fields.append([data[pos:end]])
+        else:
+            break
+        pos = end
+
+    msg = Message()
+    if default_type != "text/plain":
+        msg.set_default_type(default_type)
+    for pieces in fields:
+        line = b"".join(pieces).decode("latin-1")
+        name, _, value = line.partition(":")
+        value = _unfold(value).strip(" \t\r\n")
+        msg[name.strip()] = value  # compat32: stored as given
+    return msg, pos, len(fields)
+
+
+# --------------------------------------------------------------------------
+# payloads
+
+_B64_JUNK = bytes(c for c in range(256) if not (chr(c).isascii() and (chr(c).isalnum() or chr(c) in "+/")))
+
+
+def _b64decode(data: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(data)
+    except (binascii.Error, ValueError):
+        pass
+    cleaned = data.translate(None, _B64_JUNK)
+    rest = len(cleaned) % 4
+    if rest == 1:
+        cleaned = cleaned[:-1]
+    elif rest:
+        cleaned += b"=" * (4 - rest)
+    try:
+        return binascii.a2b_base64(cleaned)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _decode_payload(msg: Message, body: bytes) -> bytes:
+    cte = str(msg.get("content-transfer-encoding", "")).strip().lower()
+    if cte == "base64":
+        return _b64decode(body)
+    if cte == "quoted-printable":
+        try:
+            return binascii.a2b_qp(body)
+        except (binascii.Error, ValueError):
+            return body
+    return body
+
+
+# --------------------------------------------------------------------------
+# multipart splitting
+
+_DELIM_TAIL = re.compile(rb"(--)?[ \t]*\r?(?:\n|\Z)")
+_GUESS_BOUNDARY = re.compile(rb"^--([0-9A-Za-z'()+_,./:=?-][0-9A-Za-z'()+_,./:=? -]{0,99}?)[ \t]*\r?$",
+                             re.MULTILINE)
+
+
+def _split_multipart(body: bytes, boundary: bytes) -> list[bytes] | None:
+    """Cut ``body`` at the delimiter lines of ``boundary``; None if there are none."""
+    delim = b"--" + boundary
+    dlen = len(delim)
+    size = len(body)
+    marks: list[tuple[int, int]] = []  # (line start, content start)
+    closed = False
+    pos = 0
+    while len(marks) <= _MAX_PARTS:
+        i = body.find(delim, pos)
+        if i < 0:
+            break
+        if i == 0 or body[i - 1] == 0x0A:
+            tail = _DELIM_TAIL.match(body, i + dlen)
+            if tail is not None:
+                if tail.group(1):
+                    marks.append((i, size))
+                    closed = True
+                    break
+                marks.append((i, tail.end()))
+                pos = tail.end()
+                continue
+        pos = i + 1
+    if not marks or (closed and len(marks) == 1):
+        return None
+    parts = []
+    for k in range(len(marks) - 1 if closed else len(marks)):
+        start = marks[k][1]
+        if k + 1 < len(marks):
+            stop = marks[k + 1][0]
+            # the line break before a delimiter belongs to the delimiter
+            if stop > start and body[stop - 1] == 0x0A:
+                stop -= 1
+                if stop > start and body[stop - 1] == 0x0D:
+                    stop -= 1
+        else:
+            stop = size  # missing close delimiter: the part runs to the end
+        parts.append(body[start:stop])
+    return parts
+
+
+def _children(msg: Message, body: bytes) -> list[bytes] | None:
+    boundary = None
+    try:
+        boundary = msg.get_boundary()
+    except Exception:
+        pass
+    if boundary:
+        parts = _split_multipart(body, _raw_bytes(boundary))
+        if parts is not None:
+            return parts
+    # no, or a wrong, boundary parameter: try the first "--xyz" line
+    guess = _GUESS_BOUNDARY.search(body)
+    if guess is not None:
+        candidate = guess.group(1)
+        if candidate.endswith(b"--"):
+            candidate = candidate[:-2]
+        if candidate:
+            return _split_multipart(body, candidate)
+    return None
+
+
+# --------------------------------------------------------------------------
+# parameters, addresses, ids, dates
+
+def _param(msg: Message, name: str, header: str) -> str | tuple | None:
+    try:
+        return msg.get_param(name, None, header)
+    except Exception:
+        return None
+
+
+def _filename(msg: Message) -> str:
+    value = _param(msg, "filename", "content-disposition")
+    if value is None:
+        value = _param(msg, "name", "content-type")
+    if value is None:
+        return ""
+    try:
+        if isinstance(value, tuple):  # RFC 2231: (charset, language, text)
+            charset, _language, text = value
+            raw = text.encode("latin-1", "replace")
+            return _clean(_decode_header_bytes(raw, charset or None)).strip()
+        return _decode_header_value(value).strip()
+    except Exception:
+        return ""
+
+
+def _content_type(msg: Message) -> str:
+    try:
+        return _clean(msg.get_content_type()).lower()
+    except Exception:
+        return "text/plain"
+
+
+def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
+    values = msg.get_all(name) or []
+    if not values:
+        return ()
+    try:
+        pairs = email.utils.getaddresses([_unfold(v) for v in values])
+    except Exception:
+        return ()
+    out = []
+    for display, addr in pairs:
+        addr = _clean(_decode_raw_header(_raw_bytes(addr))).strip()
+        if not addr:
+            continue
+        out.append(Address(name=_decode_header_value(display).strip(), address=addr))
+    return tuple(out)
+
+
+_MSGID = re.compile(r"<([^<>]*)>")
+
+
+def _ids(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    value = _clean(_decode_raw_header(_raw_bytes(_unfold(value))))
+    found = ["".join(m.split()) for m in _MSGID.findall(value)]
+    found = [m for m in found if m]
+    if not found:  # bare ids from broken clients
+        found = [tok.strip("<>,;") for tok in value.split() if "@" in tok]
+        found = [m for m in found if m]
+    return tuple(found)
+
+
+def _message_id(value: str | None) -> str | None:
+    ids = _ids(value)
+    if ids:
+        return ids[0]
+    if value is None:
+        return None
+    rest = "".join(_clean(_decode_raw_header(_raw_bytes(value))).split()).strip("<>")
+    return rest or None
+
+
+def _date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    value = _clean(_unfold(value))[:_DATE_MAX].strip()
+    if not value:
+        return None
+    if _mp_parse_date is not None:
+        try:
+            result = _mp_parse_date(value).value
+            if result is not None:
+                return result.astimezone(timezone.utc)
+        except Exception:
+            pass
+    try:
+        result = email.utils.parsedate_to_datetime(value)
+    except Exception:
+        return None
+    if result is None:
+        return None
+    try:
+        if result.tzinfo is None:  # "-0000" or no zone: unknown, take as UTC
+            result = result.replace(tzinfo=timezone.utc)
+        return result.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------
+# digest
+
+# a trace field line plus its continuation lines (which start with WSP)
+_TRACE_FIELD = re.compile(
+    rb"^(?:received|return-path|delivered-to|x-original-to)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*(?:\n|\Z)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _digest(raw: bytes) -> str:
+    """sha256 of ``raw`` without trace fields (and their continuation lines)."""
+    # the header section ends with the line break that precedes the empty line
+    ends = [i + 2 for i in (raw.find(b"\r\n\r\n"),) if i >= 0]
+    ends += [i + 1 for i in (raw.find(b"\n\n"),) if i >= 0]
+    split = min(ends) if ends else len(raw)
+    sha = hashlib.sha256()
+    sha.update(_TRACE_FIELD.sub(b"", raw[:split]))
+    sha.update(memoryview(raw)[split:])
+    return sha.hexdigest()
+
+
+# --------------------------------------------------------------------------
+# html
+
+# linear-time fallback: every pattern stops at the next "<"
+_HTML_DROP = re.compile(r"<(?:script|style|title)\b[^<>]*>[^<]*|<!--[^<>]*-->", re.IGNORECASE)
+_HTML_BREAK = re.compile(r"<(?:br|/?p|/?div|/?tr|/?li|/?h[1-6]|/?table|/?blockquote)\b[^<>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^<>]*>")
+_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
+
+
+def _strip_html(html: str) -> str:
+    text = _HTML_DROP.sub("", html)
+    text = _HTML_BREAK.sub("\n", text)
+    text = _HTML_TAG.sub("", text)
+    text = html_module.unescape(text)
+    return _BLANK_LINES.sub("\n\n", text).strip() + "\n"
+
+
+def _html_to_text(html: str) -> str:
+    """Text of an HTML body: inscriptis, or a cheap tag stripper for huge input."""
+    if not html.strip():
+        return ""
+    if len(html) <= _HTML2TEXT_MAX:
+        try:
+            text = _inscriptis_text(html)
+            if text.strip():
+                return text
+        except Exception:
+            pass  # fall through: lxml / inscriptis refused the document
+    return _strip_html(html)
+
+
+# --------------------------------------------------------------------------
+# entry point
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse one received message; see the module docstring for the contract."""
+    try:
+        return _parse(raw)
+    except MalformedMessage:
+        raise
+    except MemoryError:
+        raise  # a resource problem, not a bad message: let the caller tempfail
+    except Exception as exc:  # a bug here must not turn into a crash loop
+        raise MalformedMessage(f"unparseable message ({type(exc).__name__})") from exc
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise MalformedMessage("message is not bytes")
+    raw = bytes(raw)
+    if not raw.strip():
+        raise MalformedMessage("empty message")
+
+    top, body_start, field_count = _parse_head(raw)
+    if field_count == 0:
+        raise MalformedMessage("no header section")
+
+    headers = tuple(
+        (_clean(_decode_raw_header(_raw_bytes(name))).strip().lower(), _decode_header_value(value).strip())
+        for name, value in top.items()
+    )
+
+    content_type = _content_type(top)
+    report_type = ""
+    if content_type == "multipart/report":
+        value = _param(top, "report-type", "content-type")
+        if isinstance(value, tuple):
+            value = value[2]
+        if isinstance(value, str):
+            report_type = _clean(value).strip().lower()
+
+    texts: list[str] = []
+    html: str | None = None
+    attachments: list[AttachmentInfo] = []
+
+    # iterative depth-first walk in document order:
+    # (headers, body bytes, depth, inside an attached container)
+    stack: list[tuple[Message, bytes, int, bool]] = [(top, raw[body_start:], 0, False)]
+    visited = 0
+    while stack and visited < _MAX_PARTS:
+        msg, body, depth, in_attachment = stack.pop()
+        visited += 1
+        ctype = _content_type(msg)
+        maintype, _, subtype = ctype.partition("/")
+        try:
+            disposition = msg.get_content_disposition()
+        except Exception:
+            disposition = None
+
+        if maintype == "multipart":
+            if depth >= _MAX_DEPTH:
+                continue  # opaque
+            parts = _children(msg, body)
+            if parts is not None:
+                child_default = "message/rfc822" if subtype == "digest" else "text/plain"
+                attached = in_attachment or disposition == "attachment"
+                children = []
+                for part in parts[: _MAX_PARTS - visited]:
+                    child, start, _ = _parse_head(part, child_default)
+                    children.append((child, part[start:], depth + 1, attached))
+                stack.extend(reversed(children))
+                continue
+            # no usable boundary: salvage the body as plain text
+            maintype, subtype, ctype = "text", "plain", "text/plain"
+
+        filename = _filename(msg)
+        is_attachment = (
+            in_attachment or disposition == "attachment" or bool(filename) or maintype != "text"
+        )
+        if is_attachment:
+            payload = _decode_payload(msg, body)
+            attachments.append(AttachmentInfo(filename=filename, content_type=ctype, size=len(payload)))
+            continue
+        if subtype == "plain" or (subtype == "html" and html is None):
+            payload = _decode_payload(msg, body)
+            try:
+                charset = msg.get_param("charset", None, "content-type")
+            except Exception:
+                charset = None
+            if isinstance(charset, tuple):
+                charset = charset[2]
+            if not isinstance(charset, str):
+                charset = None
+            text = _clean(_normalize_newlines(_decode_text(payload, charset)))
+            if subtype == "plain":
+                texts.append(text)
+            else:
+                html = text
+
+    html_body = html or ""
+    text_body = "\n".join(texts)
+    if not texts and html_body:
+        text_body = _clean(_html_to_text(html_body))
+
+    def first(name: str) -> str | None:
+        value = top.get(name)
+        return value if isinstance(value, str) else None
+
+    from_ = _addresses(top, "from")
+    sender = _addresses(top, "sender")
+    subject = first("subject")
+    return ParsedMessage(
+        raw=raw,
+        digest=_digest(raw),
+        message_id=_message_id(first("message-id")),
+        date=_date(first("date")),
+        from_=from_[0] if from_ else None,
+        sender=sender[0] if sender else None,
+        reply_to=_addresses(top, "reply-to"),
+        to=_addresses(top, "to"),
+        cc=_addresses(top, "cc"),
+        subject=_decode_header_value(subject).strip() if subject is not None else "",
+        text_body=text_body,
+        html_body=html_body,
+        attachments=tuple(attachments),
+        in_reply_to=_ids(first("in-reply-to")),
+        references=_ids(first("references")),
+        content_type=content_type,
+        report_type=report_type,
+        headers=headers,
+    )

@@ -1,0 +1,166 @@
+"""The compiled rules: lookup tables built once per load, consulted by pure functions.
+
+Built whole from validated rule files, then swapped in as one reference, so a
+delivery sees one consistent version of the rules from MAIL to its last reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from gateway.addresses import domain_of
+from gateway.rules.schema import RuleFile, SearchOrder
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    org_id: str
+    email: str
+    first_name: str
+    last_name: str
+    role: str
+    active: bool
+    dropbox_allowed: bool
+    search: SearchOrder
+    creates: Literal["lead", "contact"]
+    senders: frozenset[str]
+    sharing: str
+    id: int | None = None
+
+    @property
+    def may_use_dropbox(self) -> bool:
+        return self.active and self.dropbox_allowed
+
+
+@dataclass(frozen=True)
+class PipelineEntry:
+    org_id: str
+    name: str
+    stages: tuple[str, ...]
+    closed_stages: frozenset[str]
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class AliasEntry:
+    org_id: str
+    address: str
+    display_name: str
+    pipeline: str
+    owner: str
+    tags: tuple[str, ...]
+    reopen: bool
+    reopen_from: frozenset[str]
+    reopen_to: str | None
+
+
+@dataclass(frozen=True)
+class OrgEntry:
+    id: str
+    name: str
+    timezone: str
+    plan: str
+    edition: str
+    domains: frozenset[str]
+    gateway_domain: str
+    users: Mapping[str, UserEntry]
+    pipelines: Mapping[str, PipelineEntry]
+    own_addresses: frozenset[str]
+
+    def is_own_address(self, address: str) -> bool:
+        """SPEC 2.6: the organisation's own people, domains and gateway addresses."""
+        domain = domain_of(address)
+        return (
+            address in self.own_addresses
+            or domain in self.domains
+            or domain == self.gateway_domain
+        )
+
+
+@dataclass(frozen=True)
+class RuleIndex:
+    orgs: Mapping[str, OrgEntry]
+    by_gateway_domain: Mapping[str, str]
+    aliases: Mapping[str, AliasEntry]
+    files: tuple[str, ...] = ()
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    def user(self, org_id: str, email: str) -> UserEntry | None:
+        org = self.orgs.get(org_id)
+        return org.users.get(email) if org else None
+
+    def with_ids(
+        self,
+        user_ids: Mapping[tuple[str, str], int],
+        pipeline_ids: Mapping[tuple[str, str], int],
+    ) -> "RuleIndex":
+        """The same rules with database ids filled in (after syncing to the database)."""
+        orgs = {}
+        for org in self.orgs.values():
+            users = {e: replace(u, id=user_ids.get((org.id, e))) for e, u in org.users.items()}
+            pipes = {n: replace(p, id=pipeline_ids.get((org.id, n))) for n, p in org.pipelines.items()}
+            orgs[org.id] = replace(org, users=MappingProxyType(users), pipelines=MappingProxyType(pipes))
+        return replace(self, orgs=MappingProxyType(orgs))
+
+
+def compile_rules(files: list[RuleFile], names: tuple[str, ...] = ()) -> RuleIndex:
+    orgs: dict[str, OrgEntry] = {}
+    by_domain: dict[str, str] = {}
+    aliases: dict[str, AliasEntry] = {}
+    for rf in files:
+        o = rf.organisation
+        users = {
+            u.email: UserEntry(
+                org_id=o.id,
+                email=u.email,
+                first_name=u.first_name,
+                last_name=u.last_name,
+                role=u.role,
+                active=u.active,
+                dropbox_allowed=rf.role_allows_dropbox(u.role),
+                search=u.dropbox.search,
+                creates=u.dropbox.creates,
+                senders=frozenset(u.dropbox.senders or [u.email]),
+                sharing=u.dropbox.sharing,
+            )
+            for u in rf.users
+        }
+        pipelines = {
+            p.name: PipelineEntry(o.id, p.name, tuple(p.stages), frozenset(p.closed_stages))
+            for p in rf.pipelines
+        }
+        own = set(users)
+        for u in users.values():
+            own |= u.senders
+        for p in rf.pipelines:
+            if p.alias:
+                a = p.alias
+                aliases[a.address] = AliasEntry(
+                    org_id=o.id,
+                    address=a.address,
+                    display_name=a.display_name,
+                    pipeline=p.name,
+                    owner=a.owner,
+                    tags=tuple(a.tags),
+                    reopen=a.reopen,
+                    reopen_from=frozenset(a.reopen_from),
+                    reopen_to=a.reopen_to,
+                )
+                own.add(a.address)
+        orgs[o.id] = OrgEntry(
+            id=o.id,
+            name=o.name or o.id,
+            timezone=o.timezone,
+            plan=o.plan,
+            edition=o.edition,
+            domains=frozenset(o.domains),
+            gateway_domain=o.gateway_domain,
+            users=MappingProxyType(users),
+            pipelines=MappingProxyType(pipelines),
+            own_addresses=frozenset(own),
+        )
+        by_domain[o.gateway_domain] = o.id
+    return RuleIndex(MappingProxyType(orgs), MappingProxyType(by_domain), MappingProxyType(aliases), names)

@@ -1,0 +1,161 @@
+"""The schema of a rule file: one organisation per file in rules/.
+
+Administrators edit these; they are validated data, never code.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.addresses import looks_like_address, normalise
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+# SPEC 2.1: by default administrator and standard roles have the dropbox permission.
+DEFAULT_ROLES: dict[str, bool] = {"administrator": True, "standard": True}
+
+SearchOrder = Literal["contacts", "leads", "contacts_then_leads"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _address(value: str) -> str:
+    value = normalise(value)
+    if not looks_like_address(value):
+        raise ValueError(f"not an e-mail address: {value!r}")
+    return value
+
+
+def _domain(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    try:
+        value = value.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"not a domain name: {value!r}") from exc
+    if not _DOMAIN.match(value):
+        raise ValueError(f"not a domain name: {value!r}")
+    return value
+
+
+class Role(_Strict):
+    dropbox: bool = False
+
+
+class Dropbox(_Strict):
+    # SPEC 2.5: contacts only / leads only / contacts then leads.
+    search: SearchOrder = "contacts_then_leads"
+    # What to create when nothing matches; only a choice for contacts_then_leads.
+    create: Literal["lead", "contact"] | None = None
+    # SPEC 2.4: up to 5 business sender addresses; empty means the user's own address.
+    senders: list[str] = Field(default_factory=list, max_length=5)
+    # SPEC 2.12: who else may see the mail this user files.
+    sharing: Literal["private", "custom", "public"] = "private"
+
+    @field_validator("senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        out = [_address(v) for v in value]
+        if len(set(out)) != len(out):
+            raise ValueError("sender addresses repeat")
+        return out
+
+    @model_validator(mode="after")
+    def _create_matches_search(self) -> "Dropbox":
+        implied = {"contacts": "contact", "leads": "lead"}.get(self.search)
+        if implied and self.create not in (None, implied):
+            raise ValueError(f"search = {self.search!r} can only create a {implied}")
+        return self
+
+    @property
+    def creates(self) -> Literal["lead", "contact"]:
+        return self.create or {"contacts": "contact", "leads": "lead"}.get(self.search, "lead")  # type: ignore[return-value]
+
+
+class User(_Strict):
+    email: str
+    first_name: str = ""
+    last_name: str = ""
+    role: str
+    active: bool = True
+    dropbox: Dropbox = Dropbox()
+
+    _email = field_validator("email")(lambda cls, v: _address(v))
+
+
+class Alias(_Strict):
+    address: str
+    display_name: str = ""
+    owner: str
+    tags: list[str] = Field(default_factory=list)
+    reopen: bool = False
+    reopen_from: list[str] = Field(default_factory=list)
+    reopen_to: str | None = None
+
+    _address = field_validator("address", "owner")(lambda cls, v: _address(v))
+
+
+class Pipeline(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    stages: list[str] = Field(min_length=1)
+    closed_stages: list[str] = Field(default_factory=list)
+    # SPEC 3.1: at most one alias per pipeline (a table, not an array of them).
+    alias: Alias | None = None
+
+    @model_validator(mode="after")
+    def _stages(self) -> "Pipeline":
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError("stage names repeat")
+        unknown = [s for s in self.closed_stages if s not in self.stages]
+        if unknown:
+            raise ValueError(f"closed_stages names unknown stages: {', '.join(unknown)}")
+        if self.stages[0] in self.closed_stages:
+            raise ValueError("the first stage (where new records start) must be open")
+        return self
+
+
+class Organisation(_Strict):
+    id: str
+    name: str = ""
+    timezone: str = "UTC"
+    plan: Literal["free", "paid"] = "paid"
+    edition: Literal["standard", "professional", "enterprise"] = "standard"
+    domains: list[str] = Field(default_factory=list)
+    gateway_domain: str
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _SLUG.match(value):
+            raise ValueError("use lower-case letters, digits, '-' and '_' (at most 63)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    _domains = field_validator("domains", mode="after")(lambda cls, v: [_domain(d) for d in v])
+    _gw = field_validator("gateway_domain")(lambda cls, v: _domain(v))
+
+
+class RuleFile(_Strict):
+    organisation: Organisation
+    roles: dict[str, Role] = Field(default_factory=dict)
+    users: list[User] = Field(default_factory=list)
+    pipelines: list[Pipeline] = Field(default_factory=list)
+
+    def role_allows_dropbox(self, role: str) -> bool:
+        if role in self.roles:
+            return self.roles[role].dropbox
+        return DEFAULT_ROLES.get(role, False)

@@ -1,0 +1,140 @@
+"""gateway.toml: listeners, database, rules directory, limits, logging.
+
+Relative paths are resolved against the folder of gateway.toml itself, so a copy
+of gateway.toml with rules/ beside it runs from anywhere.  A few settings can be
+overridden per run from the environment (documented in the README):
+
+    GATEWAY_DATABASE_URL   database.url
+    GATEWAY_LMTP_LISTEN    listeners.lmtp   (host:port)
+    GATEWAY_SMTP_LISTEN    listeners.smtp   (host:port)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.errors import ConfigError, ConfigProblem
+from gateway.validation import TomlFile
+
+ENV_OVERRIDES = {
+    "GATEWAY_DATABASE_URL": ("database", "url"),
+    "GATEWAY_LMTP_LISTEN": ("listeners", "lmtp"),
+    "GATEWAY_SMTP_LISTEN": ("listeners", "smtp"),
+}
+
+DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class Listeners(_Strict):
+    lmtp: str | None = "127.0.0.1:8024"
+    smtp: str | None = "127.0.0.1:8025"
+
+    @field_validator("lmtp", "smtp")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value in (None, "", "off"):
+            return None
+        parse_listen(value)
+        return value
+
+
+class Database(_Strict):
+    url: str = "sqlite:///var/gateway.db"
+    timeout_seconds: float = Field(10.0, gt=0, le=600)
+
+
+class RulesSection(_Strict):
+    directory: str = "rules"
+
+
+class Limits(_Strict):
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    max_recipients: int = Field(100, ge=1, le=10000)
+    workers: int = Field(4, ge=1, le=64)
+    # How many messages over 1 MB are parsed at once (each costs ~8x its size).
+    big_message_slots: int = Field(2, ge=1, le=64)
+    session_timeout_seconds: float = Field(300.0, gt=0)
+
+
+class Logging(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Server(_Strict):
+    hostname: str = "gateway.localdomain"
+
+
+class Settings(_Strict):
+    server: Server = Server()
+    listeners: Listeners = Listeners()
+    database: Database = Database()
+    rules: RulesSection = RulesSection()
+    limits: Limits = Limits()
+    logging: Logging = Logging()
+
+    # Filled in by load(): where the file was, for resolving relative paths.
+    base_dir: Path = Path(".")
+    source: str = "gateway.toml"
+
+    @property
+    def rules_dir(self) -> Path:
+        return resolve_path(self.base_dir, self.rules.directory)
+
+    @property
+    def database_url(self) -> str:
+        return resolve_database_url(self.base_dir, self.database.url)
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def resolve_database_url(base: Path, url: str) -> str:
+    """sqlite:///relative.db is relative to gateway.toml's folder; sqlite:////abs stays."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        rest = url[len(prefix):]
+        path, sep, query = rest.partition("?")
+        return prefix + str(resolve_path(base, path).resolve()) + sep + query
+    return url
+
+
+def load(path: str | Path, environ: dict[str, str] | None = None) -> Settings:
+    path = Path(path)
+    environ = dict(os.environ if environ is None else environ)
+    toml = TomlFile(path, str(path))
+    data = toml.data
+    problems: list[ConfigProblem] = []
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = environ.get(var)
+        if value is None or value == "":
+            continue
+        if key in ("lmtp", "smtp") and value not in ("off",):
+            try:
+                parse_listen(value)
+            except ValueError as exc:
+                problems.append(ConfigProblem(f"environment {var}", f"{section}.{key}", None, str(exc)))
+                continue
+        data.setdefault(section, {})[key] = value
+    if problems:
+        raise ConfigError(problems)
+    data["base_dir"] = path.resolve().parent
+    data["source"] = str(path)
+    return toml.validate(Settings)

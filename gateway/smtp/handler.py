@@ -1,0 +1,114 @@
+"""The aiosmtpd handler: thin hooks that turn protocol events into Gateway calls
+and Gateway outcomes into replies from the catalogue."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway import logs
+from gateway.delivery import Gateway
+from gateway.errors import DeliveryFailure
+from gateway.replies import REPLIES, Reply
+
+log = logs.get("gateway.smtp")
+
+
+def _queue_id() -> str:
+    return secrets.token_hex(6).upper()
+
+
+def _session_id(session: Session) -> str:
+    sid = getattr(session, "gateway_id", None)
+    if sid is None:
+        sid = secrets.token_hex(4)
+        session.gateway_id = sid  # type: ignore[attr-defined]
+    return sid
+
+
+class Handler:
+    def __init__(self, gateway: Gateway, *, listener: str, data_limit: int, max_recipients: int):
+        self.gateway = gateway
+        self.listener = listener
+        self.data_limit = data_limit
+        self.max_recipients = max_recipients
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # RFC 1870 SIZE, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES.
+        head, rest = responses[:1], [r for r in responses[1:] if not r.startswith("250-SIZE")]
+        extra = [f"250-SIZE {self.data_limit}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return head + extra + rest
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        for option in mail_options:
+            key, _, value = option.partition("=")
+            if key == "SIZE" and value.isdigit() and int(value) > self.data_limit:
+                return str(REPLIES.too_big)
+        # "<>" (the null reverse-path of bounces, RFC 5321 4.5.5) stays "<>" in the
+        # envelope: aiosmtpd takes an empty mail_from to mean "no MAIL yet".
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.rules = self.gateway.rules  # type: ignore[attr-defined]
+        envelope.routes = []  # type: ignore[attr-defined]
+        envelope.queue_id = _queue_id()  # type: ignore[attr-defined]
+        return str(REPLIES.sender_ok)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        structlog.contextvars.bind_contextvars(session_id=_session_id(session),
+                                               queue_id=getattr(envelope, "queue_id", None))
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return str(REPLIES.too_many_recipients)
+        try:
+            route = await self.gateway.route_for(envelope.rules, address)  # type: ignore[attr-defined]
+        except DeliveryFailure as exc:
+            log.warning("recipient_lookup_failed", reason=exc.detail, code=exc.reply.code)
+            return str(exc.reply)
+        if route is None:
+            # Unknown, regenerated away, or a user without the permission: the same
+            # answer for all, so the reply reveals nothing (SPEC 2.1, 2.2).
+            log.info("recipient_decision", stage="rcpt", outcome="rejected", code=550, status="5.1.1")
+            return str(REPLIES.no_such_user)
+        envelope.rcpt_tos.append(address)
+        envelope.routes.append(route)  # type: ignore[attr-defined]
+        return str(REPLIES.recipient_ok)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        qid = getattr(envelope, "queue_id", "")
+        structlog.contextvars.bind_contextvars(session_id=_session_id(session), queue_id=qid)
+        raw = envelope.original_content or b""
+        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
+        replies = await self.gateway.deliver(envelope.rules, envelope.routes, raw, sender)  # type: ignore[attr-defined]
+        replies = [_with_queue_id(r, qid) for r in replies]
+        if getattr(server, "lmtp", False):
+            # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
+            return "\r\n".join(str(r) for r in replies)
+        return str(_one_reply(replies))
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is a permanent 500; a retry may well save the mail.
+        log.error("session_error", error=type(error).__name__, exc_info=error)
+        return str(REPLIES.internal_error)
+
+
+def _with_queue_id(reply: Reply, qid: str) -> Reply:
+    return reply.with_text(f"{reply.text} (queue id {qid})") if reply.ok and qid else reply
+
+
+def _one_reply(replies: list[Reply]) -> Reply:
+    """SMTP has one reply for all recipients.  Any temporary failure defers the whole
+    message (refiling is idempotent, so recipients already filed are not doubled);
+    otherwise one success is success; otherwise the first refusal."""
+    for reply in replies:
+        if reply.temporary:
+            return reply
+    for reply in replies:
+        if reply.ok:
+            return reply
+    return replies[0]

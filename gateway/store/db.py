@@ -1,0 +1,139 @@
+"""Engines for SQLite (embedded default) and PostgreSQL, and schema upgrades.
+
+SQLite: WAL so readers never wait for the writer; write transactions start with
+BEGIN IMMEDIATE so two writers queue on the lock (busy timeout) instead of failing
+with "database is locked" when a read lock is upgraded.
+PostgreSQL: psycopg 3; statement_timeout and lock_timeout bound every wait, so a
+stuck database turns into 451 4.3.0 rather than a hung SMTP session.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_upgrade_lock = threading.Lock()
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// and postgres:// mean psycopg 3 (the driver we ship)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": timeout_seconds, "check_same_thread": False},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        _sqlite_setup(engine)
+        return engine
+    millis = int(timeout_seconds * 1000)
+    # Keep any libpq options given in the URL (e.g. a search_path) and add ours.
+    options = parsed.query.get("options", "")
+    options = options if isinstance(options, str) else " ".join(options)
+    parsed = parsed.difference_update_query(["options"])
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=timeout_seconds,
+        connect_args={
+            "connect_timeout": max(1, int(timeout_seconds)),
+            "options": f"{options} -c statement_timeout={millis} -c lock_timeout={millis}".strip(),
+        },
+    )
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Take transaction control from pysqlite so BEGIN IMMEDIATE is possible.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: committed on success, rolled back on error."""
+    with engine.connect().execution_options(write=True) as conn:
+        with conn.begin():
+            yield conn
+
+
+def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Bring the schema to the newest revision; returns the revisions applied."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with _upgrade_lock, engine.connect().execution_options(write=True) as conn:
+        if engine.dialect.name == "postgresql":
+            # Several gateway processes may start at once on one database.
+            conn.exec_driver_sql("SELECT pg_advisory_lock(727274)")
+            conn.commit()
+        try:
+            before = MigrationContext.configure(conn).get_current_revision()
+            conn.commit()
+            cfg = _alembic_config(conn)
+            command.upgrade(cfg, "head")
+            conn.commit()
+            script = ScriptDirectory.from_config(cfg)
+            applied = [
+                rev.revision
+                for rev in script.iterate_revisions("head", before or "base")
+                if rev.revision != before
+            ]
+            return list(reversed(applied))
+        finally:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
+                conn.commit()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return MigrationContext.configure(conn).get_current_revision()

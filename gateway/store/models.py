@@ -1,0 +1,200 @@
+"""The database schema. Every tenant-owned table carries org_id (shard key).
+
+Uniqueness that must hold across gateway processes is a constraint here, never a
+Python check: one lead and one contact per normalised address per organisation,
+one filing per (organisation, route, message key).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias) on SQLite.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Organisation(Base):
+    __tablename__ = "organisations"
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("org_id", "email"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str] = mapped_column(String(200), default="")
+    last_name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(100))
+    # False when the user is gone from the rules; rows stay for history.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class DropboxAddress(Base):
+    """The secret part of a user's dropbox address (SPEC 2.2).
+
+    The token is the primary key: a regenerate replaces the row's token, so the old
+    address stops working in every process at the next lookup.
+    """
+
+    __tablename__ = "dropbox_addresses"
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Person:
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    # Normalised address (gateway.addresses.normalise).
+    email: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str] = mapped_column(String(200), default="")
+    last_name: Mapped[str] = mapped_column(String(320), default="")
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    source: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Lead(_Person, Base):
+    __tablename__ = "leads"
+    __table_args__ = (UniqueConstraint("org_id", "email"),)
+
+
+class Contact(_Person, Base):
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("org_id", "email"),)
+
+
+class Pipeline(Base):
+    __tablename__ = "pipelines"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    name: Mapped[str] = mapped_column(String(100))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Record(Base):
+    """A pipeline record (a deal or a ticket)."""
+
+    __tablename__ = "records"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id"))
+    stage: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(Text)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    tags: Mapped[list] = mapped_column(JSON, default=list)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Email(Base):
+    """One stored message; raw bytes live in email_raw."""
+
+    __tablename__ = "emails"
+    __table_args__ = (Index("ix_emails_org_message_id", "org_id", "message_id"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    message_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    from_name: Mapped[str] = mapped_column(Text, default="")
+    from_address: Mapped[str] = mapped_column(Text, default="")
+    to_addresses: Mapped[list] = mapped_column(JSON, default=list)
+    cc_addresses: Mapped[list] = mapped_column(JSON, default=list)
+    date: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    direction: Mapped[str] = mapped_column(String(16))  # inbound | outbound
+    source: Mapped[str] = mapped_column(String(32))  # dropbox | alias | relay
+    filed_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    text_body: Mapped[str] = mapped_column(Text, default="")
+    html_body: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    in_reply_to: Mapped[list] = mapped_column(JSON, default=list)
+    references: Mapped[list] = mapped_column(JSON, default=list)
+
+
+class EmailRaw(Base):
+    __tablename__ = "email_raw"
+    email_id: Mapped[int] = mapped_column(ForeignKey("emails.id"), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    email_id: Mapped[int] = mapped_column(ForeignKey("emails.id"), index=True)
+    filename: Mapped[str] = mapped_column(Text, default="")
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+
+
+class Link(Base):
+    """An email filed under a lead, contact or record."""
+
+    __tablename__ = "links"
+    __table_args__ = (
+        UniqueConstraint("email_id", "kind", "target_id"),
+        Index("ix_links_org_kind_target", "org_id", "kind", "target_id"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    email_id: Mapped[int] = mapped_column(ForeignKey("emails.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # lead | contact | record
+    target_id: Mapped[int] = mapped_column(Id)
+
+
+class Delivery(Base):
+    """One accepted delivery to one route: the idempotency key and why it went so.
+
+    (org_id, route, message_key) is unique: the same message delivered again to
+    the same route files nothing new.  message_key is the Message-ID, or the
+    content digest when there is none.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("org_id", "route", "message_key"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    route: Mapped[str] = mapped_column(String(100))
+    message_key: Mapped[str] = mapped_column(String(1000))
+    email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)
+    decision: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

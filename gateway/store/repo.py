@@ -1,0 +1,279 @@
+"""Database operations, one function per use case.
+
+Everything that must be exact across gateway processes is a single atomic
+statement against a constraint (INSERT ... ON CONFLICT DO NOTHING RETURNING),
+never a read-then-write in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Literal
+
+from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from gateway.ingest.parse import ParsedMessage
+from gateway.rules.index import RuleIndex
+from gateway.store import models as m
+from gateway.store.db import write_transaction
+
+Kind = Literal["lead", "contact"]
+_PERSON_TABLES: dict[str, Table] = {"lead": m.Lead.__table__, "contact": m.Contact.__table__}  # type: ignore[dict-item]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _insert(conn: Connection, table: Any):  # type: ignore[no-untyped-def]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+# --- rules → database -------------------------------------------------------------
+
+
+def sync_rules(engine: Engine, index: RuleIndex) -> RuleIndex:
+    """Upsert organisations, users and pipelines from the rules; return the index with ids.
+
+    Users and pipelines that left the rules stay (their mail and records keep
+    pointing at them) but are marked inactive.  Every user allowed a dropbox gets
+    an address if they have none yet.
+    """
+    orgs = m.Organisation.__table__
+    users = m.User.__table__
+    pipes = m.Pipeline.__table__
+    user_ids: dict[tuple[str, str], int] = {}
+    pipe_ids: dict[tuple[str, str], int] = {}
+    with write_transaction(engine) as conn:
+        for org in index.orgs.values():
+            stmt = _insert(conn, orgs).values(id=org.id, name=org.name, timezone=org.timezone, active=True)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["id"], set_={"name": org.name, "timezone": org.timezone, "active": True}))
+            for u in org.users.values():
+                values = dict(first_name=u.first_name, last_name=u.last_name, role=u.role, active=u.active)
+                stmt = _insert(conn, users).values(org_id=org.id, email=u.email, **values)
+                conn.execute(stmt.on_conflict_do_update(index_elements=["org_id", "email"], set_=values))
+            for p in org.pipelines.values():
+                stmt = _insert(conn, pipes).values(org_id=org.id, name=p.name, active=True)
+                conn.execute(stmt.on_conflict_do_update(index_elements=["org_id", "name"], set_={"active": True}))
+        known = set(index.orgs)
+        for row in conn.execute(select(users.c.id, users.c.org_id, users.c.email, users.c.active)):
+            org = index.orgs.get(row.org_id)
+            if org and row.email in org.users:
+                user_ids[(row.org_id, row.email)] = row.id
+            elif row.active:
+                conn.execute(update(users).where(users.c.id == row.id).values(active=False))
+        for row in conn.execute(select(pipes.c.id, pipes.c.org_id, pipes.c.name, pipes.c.active)):
+            org = index.orgs.get(row.org_id)
+            if org and row.name in org.pipelines:
+                pipe_ids[(row.org_id, row.name)] = row.id
+            elif row.active:
+                conn.execute(update(pipes).where(pipes.c.id == row.id).values(active=False))
+        conn.execute(update(orgs).where(orgs.c.id.not_in(known)).values(active=False))
+        bound = index.with_ids(user_ids, pipe_ids)
+        for org in bound.orgs.values():
+            for u in org.users.values():
+                if u.dropbox_allowed and u.id is not None:
+                    _ensure_dropbox(conn, org.id, u.id)
+    return bound
+
+
+# --- dropbox addresses ------------------------------------------------------------
+
+
+def new_token() -> str:
+    """128+ random bits (SPEC 2.2: the address is the only key), lower-case base32
+    so it survives MTAs that fold the local part to lower case."""
+    return base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower()
+
+
+def _ensure_dropbox(conn: Connection, org_id: str, user_id: int) -> None:
+    table = m.DropboxAddress.__table__
+    stmt = _insert(conn, table).values(token=new_token(), org_id=org_id, user_id=user_id, created_at=now())
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
+
+
+def dropbox_token(engine: Engine, org_id: str, user_id: int) -> str:
+    table = m.DropboxAddress.__table__
+    with write_transaction(engine) as conn:
+        _ensure_dropbox(conn, org_id, user_id)
+        return conn.execute(select(table.c.token).where(table.c.user_id == user_id)).scalar_one()
+
+
+def regenerate_dropbox(engine: Engine, org_id: str, user_id: int) -> str:
+    """Replace the token: the old address stops working at the next lookup, everywhere."""
+    table = m.DropboxAddress.__table__
+    token = new_token()
+    with write_transaction(engine) as conn:
+        _ensure_dropbox(conn, org_id, user_id)
+        conn.execute(update(table).where(table.c.user_id == user_id).values(token=token, created_at=now()))
+    return token
+
+
+def dropbox_owner(engine: Engine, org_id: str, token: str) -> int | None:
+    """The user id a dropbox token belongs to, within one organisation."""
+    table = m.DropboxAddress.__table__
+    with engine.connect() as conn:
+        return conn.execute(
+            select(table.c.user_id).where(table.c.token == token, table.c.org_id == org_id)
+        ).scalar_one_or_none()
+
+
+# --- filing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PersonWanted:
+    """A customer address to find (in search order) or create."""
+
+    address: str
+    search: tuple[Kind, ...]  # kinds to look in, in order
+    creates: Kind
+
+
+@dataclass
+class FilingResult:
+    duplicate: bool = False
+    email_id: int | None = None
+    people: list[dict[str, Any]] = field(default_factory=list)
+
+
+def message_key(parsed: ParsedMessage) -> str:
+    """Message-ID, or the content digest when there is none (bounded for the index)."""
+    if parsed.message_id:
+        if len(parsed.message_id) <= 400:
+            return "mid:" + parsed.message_id
+        return "mid-sha256:" + hashlib.sha256(parsed.message_id.encode("utf-8", "replace")).hexdigest()
+    return "sha256:" + parsed.digest
+
+
+def file_message(
+    engine: Engine,
+    *,
+    org_id: str,
+    route: str,
+    parsed: ParsedMessage,
+    source: str,
+    filed_by: int | None,
+    owner_id: int | None,
+    people: Iterable[PersonWanted],
+    decision: dict[str, Any],
+) -> FilingResult:
+    """Store one message for one route in one transaction, exactly once.
+
+    The idempotency key goes in first: a concurrent duplicate waits on it (or, on
+    SQLite, on the write lock) and then files nothing.
+    """
+    deliveries = m.Delivery.__table__
+    result = FilingResult()
+    with write_transaction(engine) as conn:
+        delivery_id = conn.execute(
+            _insert(conn, deliveries)
+            .values(org_id=org_id, route=route, message_key=message_key(parsed), decision=decision, created_at=now())
+            .on_conflict_do_nothing(index_elements=["org_id", "route", "message_key"])
+            .returning(deliveries.c.id)
+        ).scalar_one_or_none()
+        if delivery_id is None:
+            result.duplicate = True
+            return result
+        # Sorted, so concurrent filings take row locks in one order (no deadlock).
+        for wanted in sorted(people, key=lambda p: p.address):
+            kind, person_id, action = _find_or_create(conn, org_id, wanted, owner_id, source)
+            result.people.append({"address": wanted.address, "kind": kind, "id": person_id, "action": action})
+        email_id = _store_email(conn, org_id, parsed, source=source, direction="inbound", filed_by=filed_by)
+        result.email_id = email_id
+        links = m.Link.__table__
+        for person in result.people:
+            conn.execute(_insert(conn, links).values(
+                org_id=org_id, email_id=email_id, kind=person["kind"], target_id=person["id"]
+            ).on_conflict_do_nothing())
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == delivery_id)
+            .values(email_id=email_id, decision={**decision, "people": result.people})
+        )
+    return result
+
+
+def _find_or_create(
+    conn: Connection, org_id: str, wanted: PersonWanted, owner_id: int | None, source: str
+) -> tuple[Kind, int, str]:
+    for kind in wanted.search:
+        table = _PERSON_TABLES[kind]
+        found = conn.execute(
+            select(table.c.id).where(table.c.org_id == org_id, table.c.email == wanted.address)
+        ).scalar_one_or_none()
+        if found is not None:
+            return kind, found, "matched"
+    table = _PERSON_TABLES[wanted.creates]
+    # SPEC 2.7: the address is both the email and the last name.
+    created = conn.execute(
+        _insert(conn, table)
+        .values(org_id=org_id, email=wanted.address, first_name="", last_name=wanted.address,
+                owner_id=owner_id, source=source, created_at=now())
+        .on_conflict_do_nothing(index_elements=["org_id", "email"])
+        .returning(table.c.id)
+    ).scalar_one_or_none()
+    if created is not None:
+        return wanted.creates, created, "created"
+    # Another delivery created it a moment ago (and has committed: we waited on it).
+    existing = conn.execute(
+        select(table.c.id).where(table.c.org_id == org_id, table.c.email == wanted.address)
+    ).scalar_one()
+    return wanted.creates, existing, "matched"
+
+
+def _store_email(
+    conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None
+) -> int:
+    emails = m.Email.__table__
+    email_id = conn.execute(
+        emails.insert()
+        .values(
+            org_id=org_id,
+            message_id=p.message_id,
+            subject=p.subject,
+            from_name=p.from_.name if p.from_ else "",
+            from_address=p.from_.address if p.from_ else "",
+            to_addresses=[a.address for a in p.to],
+            cc_addresses=[a.address for a in p.cc],
+            date=p.date,
+            received_at=now(),
+            direction=direction,
+            source=source,
+            filed_by_user_id=filed_by,
+            text_body=p.text_body,
+            html_body=p.html_body,
+            size=len(p.raw),
+            digest=p.digest,
+            in_reply_to=list(p.in_reply_to),
+            references=list(p.references),
+        )
+        .returning(emails.c.id)
+    ).scalar_one()
+    conn.execute(m.EmailRaw.__table__.insert().values(email_id=email_id, org_id=org_id, content=p.raw))
+    if p.attachments:
+        conn.execute(
+            m.Attachment.__table__.insert(),
+            [
+                {"org_id": org_id, "email_id": email_id, "filename": a.filename,
+                 "content_type": a.content_type, "size": a.size}
+                for a in p.attachments
+            ],
+        )
+    return email_id
+
+
+def raw_email(engine: Engine, email_id: int, org_id: str | None = None) -> bytes | None:
+    table = m.EmailRaw.__table__
+    query = select(table.c.content).where(table.c.email_id == email_id)
+    if org_id:
+        query = query.where(table.c.org_id == org_id)
+    with engine.connect() as conn:
+        return conn.execute(query).scalar_one_or_none()

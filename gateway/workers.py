@@ -1,0 +1,42 @@
+"""A bounded worker pool for blocking work (parsing, database) off the event loop.
+
+Bounded twice: a few threads (CPU-bound work gains nothing from more on CPython,
+see PERFORMANCE.md), and a queue limit so that under load DATA waits for a free
+slot (backpressure) instead of piling up messages in memory.  Messages over
+1 MB also need one of a few "big" slots: parsing costs ~8x the message size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+BIG_MESSAGE_BYTES = 1024 * 1024
+
+
+class WorkerPool:
+    def __init__(self, workers: int, big_slots: int):
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway-worker")
+        self._queue_slots = workers * 4
+        self._big_slots = big_slots
+        self._queue: asyncio.Semaphore | None = None
+        self._big: asyncio.Semaphore | None = None
+
+    def _semaphores(self) -> tuple[asyncio.Semaphore, asyncio.Semaphore]:
+        if self._queue is None or self._big is None:
+            self._queue = asyncio.Semaphore(self._queue_slots)
+            self._big = asyncio.Semaphore(self._big_slots)
+        return self._queue, self._big
+
+    async def run(self, fn: Callable[..., T], *args: Any, big: bool = False) -> T:
+        queue, big_sem = self._semaphores()
+        loop = asyncio.get_running_loop()
+        async with queue:
+            async with (big_sem if big else contextlib.nullcontext()):
+                return await loop.run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,159 @@
+"""Fixtures: the real gateway on loopback ports with a real database.
+
+Every test that takes `gw` runs once on SQLite and, when GATEWAY_TEST_DATABASE_URL
+is set (CI sets it), once more on PostgreSQL, each in a fresh database (a fresh
+schema on PostgreSQL).  The daemon runs in a thread with its own uvloop event loop,
+exactly as `gateway serve` composes it; tests talk SMTP/LMTP to it over TCP.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import smtplib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from gateway import settings as settings_mod
+from gateway.store import db
+
+from tests.helpers import ServerThread, lmtp_transaction, smtp_transaction
+
+REPO = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL")
+
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def pytest_report_header(config: Any) -> str:
+    return f"gateway test databases: {', '.join(BACKENDS)}" + ("" if PG_URL else " (set GATEWAY_TEST_DATABASE_URL for PostgreSQL)")
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    schema = "t_" + secrets.token_hex(6)
+    admin = sa.create_engine(db.normalise_url(PG_URL), isolation_level="AUTOCOMMIT")  # type: ignore[arg-type]
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"  # type: ignore[operator]
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    """A copy of the shipped gateway.toml and rules/, for tests that change rules."""
+    target = tmp_path / "conf"
+    target.mkdir()
+    shutil.copy(REPO / "gateway.toml", target / "gateway.toml")
+    shutil.copytree(REPO / "rules", target / "rules")
+    return target
+
+
+class Gateway:
+    """A running gateway and ways to talk to it."""
+
+    def __init__(self, config_dir: Path, database_url: str):
+        self.config_dir = config_dir
+        self.config = config_dir / "gateway.toml"
+        self.database_url = database_url
+        self.env = {
+            "GATEWAY_DATABASE_URL": database_url,
+            "GATEWAY_LMTP_LISTEN": "127.0.0.1:0",
+            "GATEWAY_SMTP_LISTEN": "127.0.0.1:0",
+        }
+        self.thread: ServerThread | None = None
+
+    def start(self) -> "Gateway":
+        s = settings_mod.load(self.config, environ=self.env)
+        self.thread = ServerThread(s)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread:
+            self.thread.stop()
+            self.thread = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def app(self):  # type: ignore[no-untyped-def]
+        assert self.thread
+        return self.thread.app
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.app.engine
+
+    @property
+    def lmtp_port(self) -> int:
+        return self.app.bound["lmtp"][1]
+
+    @property
+    def smtp_port(self) -> int:
+        return self.app.bound["smtp"][1]
+
+    def lmtp(self, mail_from: str, rcpts: list[str], data: bytes, **kw: Any):  # type: ignore[no-untyped-def]
+        return lmtp_transaction(self.lmtp_port, mail_from, rcpts, data, **kw)
+
+    def smtp(self, mail_from: str, rcpts: list[str], data: bytes, **kw: Any):  # type: ignore[no-untyped-def]
+        return smtp_transaction(self.smtp_port, mail_from, rcpts, data, **kw)
+
+    def smtp_client(self) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
+
+    def lmtp_client(self) -> smtplib.LMTP:
+        client = smtplib.LMTP("127.0.0.1", self.lmtp_port, timeout=30)
+        return client
+
+    def export(self, org: str | None = None) -> dict[str, Any]:
+        from gateway.export import export
+
+        return export(self.engine, org)
+
+    def dropbox(self, user: str) -> str:
+        from gateway.routing import dropbox_address
+        from gateway.store import repo
+
+        index = self.app.gateway.rules
+        org = next(o for o in index.orgs.values() if user in o.users)
+        return dropbox_address(repo.dropbox_token(self.engine, org.id, org.users[user].id), org.gateway_domain)
+
+    def cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, **self.env}
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", *args, "--config", str(self.config)],
+            env=env, capture_output=True, input=input, timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"gateway {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}")
+        return proc
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+@pytest.fixture
+def gw(config_dir: Path, database_url: str) -> Iterator[Gateway]:
+    g = Gateway(config_dir, database_url).start()
+    try:
+        yield g
+    finally:
+        g.stop()

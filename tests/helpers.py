@@ -1,0 +1,146 @@
+"""Test helpers: the daemon in a thread, and SMTP/LMTP clients that read every reply."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import threading
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import make_msgid, formatdate
+from typing import Any
+
+import uvloop
+
+from gateway.app import App
+from gateway.settings import Settings
+
+
+class ServerThread:
+    def __init__(self, settings: Settings):
+        self.app = App(settings)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway-test-server", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.app.start())
+        except BaseException as exc:  # surfaced in start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.app.stop())
+        self.loop.close()
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(60)
+        if self._error:
+            raise self._error
+
+    def stop(self) -> None:
+        if self.loop and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(60)
+
+
+@dataclass
+class Transaction:
+    mail: tuple[int, bytes]
+    rcpts: list[tuple[int, bytes]]
+    data: list[tuple[int, bytes]]
+    noop: tuple[int, bytes] | None = None
+
+    @property
+    def codes(self) -> list[int]:
+        return [c for c, _ in self.data]
+
+    @property
+    def rcpt_codes(self) -> list[int]:
+        return [c for c, _ in self.rcpts]
+
+
+def _quote(data: bytes) -> bytes:
+    data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _transaction(client: smtplib.SMTP, lmtp: bool, mail_from: str, rcpts: list[str], data: bytes,
+                 mail_options: tuple[str, ...] = (), raw: bool = False) -> Transaction:
+    mail = client.mail(mail_from, list(mail_options))
+    tx = Transaction(mail, [], [])
+    if mail[0] != 250:
+        return tx
+    for r in rcpts:
+        tx.rcpts.append(client.rcpt(r))
+    accepted = sum(1 for c, _ in tx.rcpts if c == 250)
+    if accepted == 0:
+        client.rset()
+        return tx
+    client.putcmd("data")
+    code, msg = client.getreply()
+    if code != 354:
+        tx.data.append((code, msg))
+        return tx
+    client.send(data if raw else _quote(data))
+    # RFC 2033 4.2: LMTP gives one reply per accepted recipient; SMTP one in all.
+    for _ in range(accepted if lmtp else 1):
+        tx.data.append(client.getreply())
+    # The next reply must be NOOP's: proves no surplus replies were sent.
+    tx.noop = client.noop()
+    return tx
+
+
+def lmtp_transaction(port: int, mail_from: str, rcpts: list[str], data: bytes, **kw: Any) -> Transaction:
+    with smtplib.LMTP("127.0.0.1", port, timeout=60) as client:
+        client.ehlo_or_helo_if_needed()
+        return _transaction(client, True, mail_from, rcpts, data, **kw)
+
+
+def smtp_transaction(port: int, mail_from: str, rcpts: list[str], data: bytes, **kw: Any) -> Transaction:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.ehlo()
+        return _transaction(client, False, mail_from, rcpts, data, **kw)
+
+
+def message(
+    *,
+    frm: str = "Taro Hashimoto <hashimoto@zylker.example>",
+    to: str | None = "Charles <charless@zillum.com>",
+    cc: str | None = None,
+    subject: str = "Quotation",
+    body: str = "Please find the quotation attached.",
+    message_id: str | None | bool = True,
+    headers: dict[str, str] | None = None,
+    attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+) -> bytes:
+    m = EmailMessage()
+    m["From"] = frm
+    if to:
+        m["To"] = to
+    if cc:
+        m["Cc"] = cc
+    m["Subject"] = subject
+    m["Date"] = formatdate(localtime=False)
+    if message_id is True:
+        m["Message-ID"] = make_msgid(domain="zylker.example")
+    elif message_id:
+        m["Message-ID"] = message_id  # type: ignore[assignment]
+    for k, v in (headers or {}).items():
+        m[k] = v
+    m.set_content(body)
+    for filename, ctype, content in attachments:
+        maintype, subtype = ctype.split("/")
+        m.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)
+    return m.as_bytes().replace(b"\n", b"\r\n")
