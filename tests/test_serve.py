@@ -1,0 +1,62 @@
+"""`gateway serve` as the README runs it: a real process, real ports, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+from tests.helpers import message
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway serve exited {proc.returncode}: {proc.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gateway serve did not start listening")
+
+
+def test_serve_files_a_bcc_mail_and_stops_on_sigterm(config_dir, database_url):
+    lmtp, smtp = _free_port(), _free_port()
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
+           "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}", "GATEWAY_SMTP_LISTEN": f"127.0.0.1:{smtp}"}
+    config = str(config_dir / "gateway.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_port(smtp, proc)
+        _wait_port(lmtp, proc)
+        box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", "hashimoto@zylker.example",
+                              "--config", config], env=env, capture_output=True, text=True, check=True).stdout.strip()
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as client:
+            # The MTA hands over the Bcc recipient only; To: is the customer.
+            refused = client.sendmail("hashimoto@zylker.example", [box], message(to="charless@zillum.com"))
+        assert refused == {}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert any(e["event"] == "recipient_decision" and e.get("outcome") == "filed" for e in events)
+    assert any(e["event"] == "stopped" for e in events)
+    doc = json.loads(subprocess.run([sys.executable, "-m", "gateway", "export", "--config", config], env=env,
+                                    capture_output=True, check=True).stdout)
+    assert [lead["email"] for lead in doc["leads"]] == ["charless@zillum.com"]
+    assert doc["emails"][0]["source"] == "dropbox"
