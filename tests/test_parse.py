@@ -566,6 +566,14 @@ def test_hopeless_input_raises_malformed(raw):
         parse_message(raw)
 
 
+def test_mangled_first_line_is_skipped():
+    raw = b"F\trom: broken\r\nFrom: a@example.com\r\nSubject: salvaged\r\n\r\nbody\r\n"
+    msg = parse_message(raw)
+    assert msg.subject == "salvaged"
+    assert msg.from_ == Address("", "a@example.com")
+    assert msg.text_body == "body\n"
+
+
 def test_truncated_garbage_after_headers_still_parses():
     raw = b"From: a@example.com\r\nSubject: t\r\n\r\n" + bytes(range(256)) * 4
     msg = parse_message(raw)

@@ -113,6 +113,7 @@ _MAX_HEADER_LINES = 10000  # per header block; the rest is treated as body
 _DETECT_MIN = 16  # charset detection is pointless on tinier inputs
 _DETECT_MAX = 4 * 1024 * 1024  # charset-normalizer samples, but stay bounded
 _HTML2TEXT_MAX = 512 * 1024  # larger HTML gets the linear tag stripper (inscriptis ~0.6 s/MB)
+_MAX_JUNK_LINES = 3  # non-header lines skipped before the top-level header fields
 _DATE_MAX = 512  # characters of a Date value looked at
 
 
@@ -646,7 +647,18 @@ def _parse(raw: bytes) -> ParsedMessage:
     if not raw.strip():
         raise MalformedMessage("empty message")
 
-    top, body_start, field_count = _parse_head(raw)
+    # salvage a mangled first line or two ("F\trom: ...") when real header
+    # fields follow; an empty line means there is no header section
+    offset = 0
+    for _attempt in range(_MAX_JUNK_LINES + 1):
+        top, start, field_count = _parse_head(raw[offset:] if offset else raw)
+        if field_count:
+            break
+        eol = raw.find(b"\n", offset)
+        if eol < 0 or raw[offset:eol].strip(b"\r") == b"":
+            break
+        offset = eol + 1
+    body_start = offset + start
     if field_count == 0:
         raise MalformedMessage("no header section")
 
