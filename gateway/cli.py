@@ -143,6 +143,57 @@ def cmd_email_raw(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from gateway import records
+
+    _, engine, index = _open(args)
+    if args.record_command == "stage":
+        result = records.move(engine, index, args.id, args.stage)
+        if args.json:
+            _print_json(result)
+        elif result["changed"]:
+            print(f"record {args.id}: {result['from']} -> {result['to']}")
+        else:
+            print(f"record {args.id} is already in {args.stage}")
+        return EXIT_OK
+    shown = records.show(engine, index, args.id)
+    if shown is None:
+        raise LookupError(f"no record {args.id}")
+    if args.json:
+        _print_json(shown)
+        return EXIT_OK
+    contact = shown["contact"]
+    print(f"Record {shown['id']} {shown['token'] or ''}  [{shown['org']}]  {shown['title']}")
+    print(f"  pipeline: {shown['pipeline']}   stage: {shown['stage']}   owner: {shown['owner']}")
+    print(f"  tags: {', '.join(shown['tags']) or '-'}")
+    if contact:
+        name = " ".join(x for x in (contact["first_name"], contact["last_name"]) if x)
+        print(f"  contact: {contact['id']} {name} <{contact['email']}>")
+    print("  conversation:")
+    for e in shown["conversation"]:
+        mark = "" if e["kind"] == "message" else f" [{e['kind']}]"
+        arrow = "<-" if e["direction"] == "inbound" else "->"
+        print(f"    {e['sort_at']}  {arrow} {e['from']}  {e['subject']}{mark}  (email {e['id']})")
+    print("  stage history:")
+    for h in shown["stage_history"]:
+        print(f"    {h['at']}  {h['from'] or '-'} -> {h['to']}  ({h['cause']})")
+    print("  decisions:")
+    for d in shown["decisions"]:
+        thread = d.get("thread") or {}
+        change = d.get("stage_change")
+        parts = [f"email {d['email_id']}", f"thread={thread.get('method', '-')}"]
+        if thread.get("evidence"):
+            parts.append(f"by {thread['evidence']}")
+        if d.get("contact"):
+            parts.append(f"contact {d['contact']['action']}")
+        if d.get("noise"):
+            parts.append(f"noise={d['noise']}")
+        if change:
+            parts.append(f"stage {change['from'] or '-'} -> {change['to']}")
+        print("    " + ", ".join(parts))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
     common = argparse.ArgumentParser(add_help=False)
@@ -178,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "vcard":
             q.add_argument("--json", action="store_true", help="print {user, org, address} as JSON")
         q.set_defaults(func=cmd_dropbox)
+
+    p = sub.add_parser("record", help="pipeline records")
+    rsub = p.add_subparsers(dest="record_command", required=True, metavar="ACTION")
+    q = rsub.add_parser("show", parents=[common], help="a record: stage, contact, conversation, history, decisions")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("--json", action="store_true", help="print the record as JSON")
+    q.set_defaults(func=cmd_record)
+    q = rsub.add_parser("stage", parents=[common], help="move a record to a stage of its pipeline")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("stage", metavar="STAGE")
+    q.add_argument("--json", action="store_true", help="print {id, from, to, changed} as JSON")
+    q.set_defaults(func=cmd_record)
 
     p = sub.add_parser("export", parents=[common], help="print stored leads, contacts, records and emails as JSON")
     p.add_argument("--org", help="only this organisation")

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from gateway import logs
 from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
-from gateway.ingest import dropbox
+from gateway.ingest import dropbox, email_in
 from gateway.ingest.parse import ParsedMessage, parse_message
 from gateway.replies import REPLIES, Reply
 from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, classify, dropbox_route
@@ -45,9 +45,10 @@ class Gateway:
         self.engine = engine
         self._rules = rules
         self.pool = pool
-        # Filing functions per route kind; email_in registers itself (issue 3).
+        # The filing function of each kind of route.
         self.filers: dict[type, Callable[..., repo.FilingResult]] = {
             DropboxRoute: lambda rules, route, parsed, sender: dropbox.file(self.engine, rules, route, parsed, sender),
+            AliasRoute: lambda rules, route, parsed, sender: email_in.file(self.engine, rules, route, parsed, sender),
         }
 
     @property
@@ -63,8 +64,6 @@ class Gateway:
         if isinstance(found, DropboxCandidate):
             user_id = await self.pool.run(guarded(repo.dropbox_owner), self.engine, found.org_id, found.token)
             return dropbox_route(rules, found.org_id, user_id)
-        if isinstance(found, AliasRoute) and AliasRoute not in self.filers:
-            return None
         return found
 
     async def deliver(
@@ -102,10 +101,20 @@ class Gateway:
             log.exception("recipient_decision", outcome="deferred", code=451, status="4.3.0",
                           duration_ms=_ms(started), **fields)
             return REPLIES.internal_error
-        reply = REPLIES.duplicate if result.duplicate else REPLIES.filed
+        if result.duplicate:
+            reply, outcome = REPLIES.duplicate, "duplicate"
+        elif result.dropped:
+            # Noise outside any thread: accepted and dropped, never bounced (no backscatter).
+            reply, outcome = REPLIES.dropped, "dropped"
+            fields["noise"] = result.decision.get("noise")
+        else:
+            reply, outcome = REPLIES.filed, "filed"
+        if result.decision.get("record"):
+            fields["record_id"] = result.decision["record"]["id"]
+            fields["thread"] = result.decision.get("thread", {}).get("method")
         log.info(
             "recipient_decision",
-            outcome="duplicate" if result.duplicate else "filed",
+            outcome=outcome,
             code=reply.code,
             status=reply.status,
             email_id=result.email_id,

@@ -7,21 +7,13 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from gateway.records import export_records, ts as _ts
 from gateway.store import models as m
-
-
-def _ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite returns naive datetimes; we only ever store UTC
-        return value.isoformat() + "Z"
-    return value.isoformat().replace("+00:00", "Z")
 
 
 def export(engine: Engine, org_id: str | None = None) -> dict[str, Any]:
     users, leads, contacts = m.User.__table__, m.Lead.__table__, m.Contact.__table__
     emails, links, atts = m.Email.__table__, m.Link.__table__, m.Attachment.__table__
-    records = m.Record.__table__
 
     def where(table, query):  # type: ignore[no-untyped-def]
         return query.where(table.c.org_id == org_id) if org_id else query
@@ -54,14 +46,10 @@ def export(engine: Engine, org_id: str | None = None) -> dict[str, Any]:
                 "id": r.id, "org": r.org_id, "message_id": r.message_id, "subject": r.subject,
                 "from": r.from_address, "from_name": r.from_name, "to": r.to_addresses, "cc": r.cc_addresses,
                 "date": _ts(r.date), "received_at": _ts(r.received_at), "direction": r.direction,
-                "source": r.source, "filed_by": owners.get(r.filed_by_user_id), "size": r.size,
+                "source": r.source, "kind": r.kind, "filed_by": owners.get(r.filed_by_user_id), "size": r.size,
                 "links": email_links.get(r.id, []), "attachments": email_atts.get(r.id, []),
             }
             for r in email_rows
         ]
-        out_records = [
-            {"id": r.id, "org": r.org_id, "stage": r.stage, "title": r.title, "owner": owners.get(r.owner_id),
-             "tags": r.tags, "contact_id": r.contact_id}
-            for r in conn.execute(where(records, select(records)).order_by(records.c.id))
-        ]
+        out_records = export_records(conn, org_id, owners)
         return {"leads": people(leads), "contacts": people(contacts), "records": out_records, "emails": out_emails}

@@ -145,6 +145,19 @@ class Gateway:
             raise AssertionError(f"gateway {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}")
         return proc
 
+    def record(self, record_id: int) -> dict[str, Any]:
+        """What `gateway record show ID --json` prints (in-process; the CLI is tested on its own)."""
+        import json
+
+        from gateway import records
+
+        return json.loads(json.dumps(records.show(self.engine, self.app.gateway.rules, record_id)))
+
+    def move(self, record_id: int, stage: str) -> None:
+        from gateway import records
+
+        records.move(self.engine, self.app.gateway.rules, record_id, stage)
+
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
             return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()

@@ -122,6 +122,7 @@ def message(
     subject: str = "Quotation",
     body: str = "Please find the quotation attached.",
     message_id: str | None | bool = True,
+    date: str | None | bool = True,
     headers: dict[str, str] | None = None,
     attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
 ) -> bytes:
@@ -132,7 +133,10 @@ def message(
     if cc:
         m["Cc"] = cc
     m["Subject"] = subject
-    m["Date"] = formatdate(localtime=False)
+    if date is True:
+        m["Date"] = formatdate(localtime=False)
+    elif date:
+        m["Date"] = date  # type: ignore[assignment]
     if message_id is True:
         m["Message-ID"] = make_msgid(domain="zylker.example")
     elif message_id:

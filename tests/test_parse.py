@@ -205,6 +205,12 @@ def test_bad_base64_body_does_not_raise():
     assert msg.text_body.startswith("Hello world")
 
 
+def test_declared_charset_with_one_bad_byte_is_not_redetected():
+    text = "Grüße aus Köln, das ist ein ganz normaler Text. " * 3
+    raw = mime(["From: a@example.com", "Content-Type: text/plain; charset=utf-8"], text.encode() + b"\xc3")
+    assert parse_message(raw).text_body == text + "\ufffd"
+
+
 def test_unknown_charset_body():
     raw = mime(["From: a@example.com", "Content-Type: text/plain; charset=x-no-such-charset"], "café".encode())
     assert parse_message(raw).text_body == "café"
@@ -572,6 +578,12 @@ def test_mangled_first_line_is_skipped():
     assert msg.subject == "salvaged"
     assert msg.from_ == Address("", "a@example.com")
     assert msg.text_body == "body\n"
+
+
+def test_leading_line_breaks_are_skipped():
+    msg = parse_message(b"\r\n\r\nFrom: a@example.com\r\nSubject: late\r\n\r\nbody")
+    assert msg.subject == "late"
+    assert msg.text_body == "body"
 
 
 def test_truncated_garbage_after_headers_still_parses():

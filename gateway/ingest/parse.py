@@ -48,10 +48,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import Message
 
-from gateway.errors import MalformedMessage
-
 from charset_normalizer import from_bytes as _detect_charsets
 from inscriptis import get_text as _inscriptis_text
+
+from gateway.errors import MalformedMessage
 
 try:  # mail-parser's tolerant RFC 5322 date interpreter (returns UTC values)
     from mailparser.dates import parse_mail_date as _mp_parse_date
@@ -241,7 +241,7 @@ def _decode_text(data: bytes, label: str | None) -> str:
         # byte): a detector would garble the whole body, keep the declared one
         lossy = data.decode(fallback, "replace")
         bad = lossy.count("\ufffd") - data.count(b"\xef\xbf\xbd")
-        if bad * 200 <= len(data):
+        if bad <= max(2, len(data) // 200):
             return lossy
     detected = _detect(data)
     if detected is not None:
@@ -647,9 +647,10 @@ def _parse(raw: bytes) -> ParsedMessage:
     if not raw.strip():
         raise MalformedMessage("empty message")
 
-    # salvage a mangled first line or two ("F\trom: ...") when real header
-    # fields follow; an empty line means there is no header section
-    offset = 0
+    # salvage stray leading line breaks and a mangled first line or two
+    # ("F\trom: ...") when real header fields follow; an empty line after
+    # that means there is no header section
+    offset = len(raw) - len(raw.lstrip(b"\r\n"))
     for _attempt in range(_MAX_JUNK_LINES + 1):
         top, start, field_count = _parse_head(raw[offset:] if offset else raw)
         if field_count:

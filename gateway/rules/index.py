@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from gateway.addresses import domain_of
-from gateway.rules.schema import RuleFile, SearchOrder
+from gateway.rules.schema import Pipeline, RuleFile, SearchOrder
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,17 @@ class PipelineEntry:
     name: str
     stages: tuple[str, ...]
     closed_stages: frozenset[str]
+    token_prefix: str
     id: int | None = None
+
+    @property
+    def first_stage(self) -> str:
+        return self.stages[0]
+
+
+def token_prefix(pipe: Pipeline) -> str:
+    """The configured prefix, or the pipeline name in upper case without spaces."""
+    return (pipe.token_prefix or "".join(ch for ch in pipe.name if ch.isalnum()) or "R").upper()
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class OrgEntry:
     edition: str
     domains: frozenset[str]
     gateway_domain: str
+    record_token: str
     users: Mapping[str, UserEntry]
     pipelines: Mapping[str, PipelineEntry]
     own_addresses: frozenset[str]
@@ -129,7 +140,7 @@ def compile_rules(files: list[RuleFile], names: tuple[str, ...] = ()) -> RuleInd
             for u in rf.users
         }
         pipelines = {
-            p.name: PipelineEntry(o.id, p.name, tuple(p.stages), frozenset(p.closed_stages))
+            p.name: PipelineEntry(o.id, p.name, tuple(p.stages), frozenset(p.closed_stages), token_prefix(p))
             for p in rf.pipelines
         }
         own = set(users)
@@ -158,6 +169,7 @@ def compile_rules(files: list[RuleFile], names: tuple[str, ...] = ()) -> RuleInd
             edition=o.edition,
             domains=frozenset(o.domains),
             gateway_domain=o.gateway_domain,
+            record_token=o.record_token,
             users=MappingProxyType(users),
             pipelines=MappingProxyType(pipelines),
             own_addresses=frozenset(own),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.rules.index import RuleIndex, compile_rules
+from gateway.rules.index import RuleIndex, compile_rules, token_prefix
 from gateway.rules.schema import DEFAULT_ROLES, RuleFile
 from gateway.validation import TomlFile
 
@@ -53,10 +53,16 @@ def _check_file(toml: TomlFile, rf: RuleFile) -> list[ConfigProblem]:
             out.append(toml.problem(("users", i, "role"),
                                     f"unknown role {user.role!r}; declare it under [roles] (known: {', '.join(sorted(roles))})"))
     names: set[str] = set()
+    prefixes: dict[str, str] = {}
     for i, pipe in enumerate(rf.pipelines):
         if pipe.name in names:
             out.append(toml.problem(("pipelines", i, "name"), f"pipeline {pipe.name!r} is defined twice"))
         names.add(pipe.name)
+        prefix = token_prefix(pipe)
+        if prefix in prefixes:
+            out.append(toml.problem(("pipelines", i, "token_prefix"),
+                                    f"token prefix {prefix!r} is also used by pipeline {prefixes[prefix]!r}"))
+        prefixes.setdefault(prefix, pipe.name)
         alias = pipe.alias
         if alias is None:
             continue

@@ -105,6 +105,8 @@ class Pipeline(_Strict):
     name: str = Field(min_length=1, max_length=100)
     stages: list[str] = Field(min_length=1)
     closed_stages: list[str] = Field(default_factory=list)
+    # Goes into the record token of outbound subjects, e.g. "S" in [#S-42].
+    token_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,10}$")
     # SPEC 3.1: at most one alias per pipeline (a table, not an array of them).
     alias: Alias | None = None
 
@@ -128,6 +130,19 @@ class Organisation(_Strict):
     edition: Literal["standard", "professional", "enterprise"] = "standard"
     domains: list[str] = Field(default_factory=list)
     gateway_domain: str
+    # Record token put in the subject of outbound replies; {prefix} is the
+    # pipeline's token_prefix, {id} the record id.
+    record_token: str = "[#{prefix}-{id}]"
+
+    @field_validator("record_token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if "{id}" not in value or "{prefix}" not in value:
+            raise ValueError("must contain {prefix} and {id}")
+        stripped = value.replace("{id}", "").replace("{prefix}", "")
+        if "{" in stripped or "}" in stripped or not stripped.strip():
+            raise ValueError("only {prefix} and {id} may be placeholders, with some fixed text around them")
+        return value
 
     @field_validator("id")
     @classmethod

@@ -123,6 +123,33 @@ class Record(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class StageChange(Base):
+    """A record's stage history: every change, with its cause."""
+
+    __tablename__ = "record_stage_changes"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    record_id: Mapped[int] = mapped_column(ForeignKey("records.id"), index=True)
+    from_stage: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    to_stage: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # created | reply | manual
+    cause: Mapped[str] = mapped_column(String(32))
+    email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)
+
+
+class Participant(Base):
+    """Addresses that took part in a record's conversation (its contact, every sender).
+    A subject token only threads mail from one of them."""
+
+    __tablename__ = "record_participants"
+    __table_args__ = (UniqueConstraint("record_id", "address"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    record_id: Mapped[int] = mapped_column(ForeignKey("records.id"))
+    address: Mapped[str] = mapped_column(String(320))
+
+
 class Email(Base):
     """One stored message; raw bytes live in email_raw."""
 
@@ -147,6 +174,10 @@ class Email(Base):
     digest: Mapped[str] = mapped_column(String(64))
     in_reply_to: Mapped[list] = mapped_column(JSON, default=list)
     references: Mapped[list] = mapped_column(JSON, default=list)
+    # message | auto_reply | bounce | loop (SPEC 3 / issue 3: noise never reopens)
+    kind: Mapped[str] = mapped_column(String(16), default="message", server_default="message")
+    # Conversation order: Date, or arrival when Date is missing, bad or in the future.
+    sort_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class EmailRaw(Base):

@@ -30,7 +30,7 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _insert(conn: Connection, table: Any):  # type: ignore[no-untyped-def]
+def insert_for(conn: Connection, table: Any):  # type: ignore[no-untyped-def]
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -52,15 +52,15 @@ def sync_rules(engine: Engine, index: RuleIndex) -> RuleIndex:
     pipe_ids: dict[tuple[str, str], int] = {}
     with write_transaction(engine) as conn:
         for org in index.orgs.values():
-            stmt = _insert(conn, orgs).values(id=org.id, name=org.name, timezone=org.timezone, active=True)
+            stmt = insert_for(conn, orgs).values(id=org.id, name=org.name, timezone=org.timezone, active=True)
             conn.execute(stmt.on_conflict_do_update(
                 index_elements=["id"], set_={"name": org.name, "timezone": org.timezone, "active": True}))
             for u in org.users.values():
                 values = dict(first_name=u.first_name, last_name=u.last_name, role=u.role, active=u.active)
-                stmt = _insert(conn, users).values(org_id=org.id, email=u.email, **values)
+                stmt = insert_for(conn, users).values(org_id=org.id, email=u.email, **values)
                 conn.execute(stmt.on_conflict_do_update(index_elements=["org_id", "email"], set_=values))
             for p in org.pipelines.values():
-                stmt = _insert(conn, pipes).values(org_id=org.id, name=p.name, active=True)
+                stmt = insert_for(conn, pipes).values(org_id=org.id, name=p.name, active=True)
                 conn.execute(stmt.on_conflict_do_update(index_elements=["org_id", "name"], set_={"active": True}))
         known = set(index.orgs)
         for row in conn.execute(select(users.c.id, users.c.org_id, users.c.email, users.c.active)):
@@ -95,7 +95,7 @@ def new_token() -> str:
 
 def _ensure_dropbox(conn: Connection, org_id: str, user_id: int) -> None:
     table = m.DropboxAddress.__table__
-    stmt = _insert(conn, table).values(token=new_token(), org_id=org_id, user_id=user_id, created_at=now())
+    stmt = insert_for(conn, table).values(token=new_token(), org_id=org_id, user_id=user_id, created_at=now())
     conn.execute(stmt.on_conflict_do_nothing(index_elements=["user_id"]))
 
 
@@ -140,8 +140,10 @@ class PersonWanted:
 @dataclass
 class FilingResult:
     duplicate: bool = False
+    dropped: bool = False
     email_id: int | None = None
     people: list[dict[str, Any]] = field(default_factory=list)
+    decision: dict[str, Any] = field(default_factory=dict)
 
 
 def message_key(parsed: ParsedMessage) -> str:
@@ -151,6 +153,31 @@ def message_key(parsed: ParsedMessage) -> str:
             return "mid:" + parsed.message_id
         return "mid-sha256:" + hashlib.sha256(parsed.message_id.encode("utf-8", "replace")).hexdigest()
     return "sha256:" + parsed.digest
+
+
+def claim_delivery(conn: Connection, org_id: str, route: str, parsed: ParsedMessage, decision: dict[str, Any]) -> int | None:
+    """Insert the idempotency key; None when this delivery was already filed.
+
+    It goes in first: a concurrent duplicate waits on it (or, on SQLite, on the
+    write lock) and then files nothing.
+    """
+    deliveries = m.Delivery.__table__
+    return conn.execute(
+        insert_for(conn, deliveries)
+        .values(org_id=org_id, route=route, message_key=message_key(parsed), decision=decision, created_at=now())
+        .on_conflict_do_nothing(index_elements=["org_id", "route", "message_key"])
+        .returning(deliveries.c.id)
+    ).scalar_one_or_none()
+
+
+def finish_delivery(conn: Connection, delivery_id: int, email_id: int | None, decision: dict[str, Any]) -> None:
+    deliveries = m.Delivery.__table__
+    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(email_id=email_id, decision=decision))
+
+
+def link(conn: Connection, org_id: str, email_id: int, kind: str, target_id: int) -> None:
+    conn.execute(insert_for(conn, m.Link.__table__).values(
+        org_id=org_id, email_id=email_id, kind=kind, target_id=target_id).on_conflict_do_nothing())
 
 
 def file_message(
@@ -165,44 +192,28 @@ def file_message(
     people: Iterable[PersonWanted],
     decision: dict[str, Any],
 ) -> FilingResult:
-    """Store one message for one route in one transaction, exactly once.
-
-    The idempotency key goes in first: a concurrent duplicate waits on it (or, on
-    SQLite, on the write lock) and then files nothing.
-    """
-    deliveries = m.Delivery.__table__
+    """Store one message for one route under leads/contacts in one transaction, exactly once."""
     result = FilingResult()
     with write_transaction(engine) as conn:
-        delivery_id = conn.execute(
-            _insert(conn, deliveries)
-            .values(org_id=org_id, route=route, message_key=message_key(parsed), decision=decision, created_at=now())
-            .on_conflict_do_nothing(index_elements=["org_id", "route", "message_key"])
-            .returning(deliveries.c.id)
-        ).scalar_one_or_none()
+        delivery_id = claim_delivery(conn, org_id, route, parsed, decision)
         if delivery_id is None:
             result.duplicate = True
             return result
         # Sorted, so concurrent filings take row locks in one order (no deadlock).
         for wanted in sorted(people, key=lambda p: p.address):
-            kind, person_id, action = _find_or_create(conn, org_id, wanted, owner_id, source)
+            kind, person_id, action = find_or_create(conn, org_id, wanted, owner_id, source)
             result.people.append({"address": wanted.address, "kind": kind, "id": person_id, "action": action})
-        email_id = _store_email(conn, org_id, parsed, source=source, direction="inbound", filed_by=filed_by)
+        email_id = store_email(conn, org_id, parsed, source=source, direction="inbound", filed_by=filed_by)
         result.email_id = email_id
-        links = m.Link.__table__
         for person in result.people:
-            conn.execute(_insert(conn, links).values(
-                org_id=org_id, email_id=email_id, kind=person["kind"], target_id=person["id"]
-            ).on_conflict_do_nothing())
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id == delivery_id)
-            .values(email_id=email_id, decision={**decision, "people": result.people})
-        )
+            link(conn, org_id, email_id, person["kind"], person["id"])
+        finish_delivery(conn, delivery_id, email_id, {**decision, "people": result.people})
     return result
 
 
-def _find_or_create(
-    conn: Connection, org_id: str, wanted: PersonWanted, owner_id: int | None, source: str
+def find_or_create(
+    conn: Connection, org_id: str, wanted: PersonWanted, owner_id: int | None, source: str,
+    first_name: str = "", last_name: str | None = None,
 ) -> tuple[Kind, int, str]:
     for kind in wanted.search:
         table = _PERSON_TABLES[kind]
@@ -212,10 +223,10 @@ def _find_or_create(
         if found is not None:
             return kind, found, "matched"
     table = _PERSON_TABLES[wanted.creates]
-    # SPEC 2.7: the address is both the email and the last name.
+    # SPEC 2.7: without a name, the address is both the email and the last name.
     created = conn.execute(
-        _insert(conn, table)
-        .values(org_id=org_id, email=wanted.address, first_name="", last_name=wanted.address,
+        insert_for(conn, table)
+        .values(org_id=org_id, email=wanted.address, first_name=first_name, last_name=last_name or wanted.address,
                 owner_id=owner_id, source=source, created_at=now())
         .on_conflict_do_nothing(index_elements=["org_id", "email"])
         .returning(table.c.id)
@@ -229,10 +240,14 @@ def _find_or_create(
     return wanted.creates, existing, "matched"
 
 
-def _store_email(
-    conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None
+def store_email(
+    conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None,
+    kind: str = "message",
 ) -> int:
+    from gateway.conversations import sort_time
+
     emails = m.Email.__table__
+    arrived = now()
     email_id = conn.execute(
         emails.insert()
         .values(
@@ -244,7 +259,9 @@ def _store_email(
             to_addresses=[a.address for a in p.to],
             cc_addresses=[a.address for a in p.cc],
             date=p.date,
-            received_at=now(),
+            received_at=arrived,
+            sort_at=sort_time(p, arrived),
+            kind=kind,
             direction=direction,
             source=source,
             filed_by_user_id=filed_by,

@@ -1,0 +1,104 @@
+"""Thread matching: which record a message belongs to, and why.
+
+Order of evidence (first hit wins):
+1. In-Reply-To naming a message already on a record of this pipeline;
+2. References, newest first;
+3. a record token such as [#S-42] in the subject, for clients that drop those
+   headers -- only when the sender already took part in that record, so a stranger
+   quoting a token starts a new record instead of joining someone else's.
+All lookups are within one organisation and one pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+
+from sqlalchemy import Connection, select
+
+from gateway.ingest.parse import ParsedMessage
+from gateway.store import models as m
+
+# Date headers this far ahead of arrival still count (clock skew).
+FUTURE_SKEW = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class ThreadMatch:
+    record_id: int | None
+    method: str  # in-reply-to | references | token | none
+    evidence: str = ""
+    token_ignored: str = ""  # a token seen from a non-participant
+
+
+def format_token(fmt: str, prefix: str, record_id: int) -> str:
+    return fmt.replace("{prefix}", prefix).replace("{id}", str(record_id))
+
+
+@lru_cache(maxsize=64)
+def token_pattern(fmt: str, prefix: str) -> re.Pattern[str]:
+    literal = re.escape(fmt).replace(re.escape("{prefix}"), re.escape(prefix)).replace(re.escape("{id}"), r"(\d{1,18})")
+    return re.compile(literal, re.IGNORECASE)
+
+
+def tokens_in(subject: str, fmt: str, prefix: str) -> list[int]:
+    return [int(x) for x in token_pattern(fmt, prefix).findall(subject)]
+
+
+def sort_time(parsed: ParsedMessage, arrived: datetime) -> datetime:
+    """Date header, or arrival when it is missing, unparseable or in the future."""
+    if parsed.date is None or parsed.date > arrived + FUTURE_SKEW:
+        return arrived
+    return parsed.date
+
+
+def find_thread(
+    conn: Connection,
+    *,
+    org_id: str,
+    pipeline_id: int,
+    parsed: ParsedMessage,
+    sender: str,
+    record_token: str,
+    prefix: str,
+) -> ThreadMatch:
+    emails, links, records = m.Email.__table__, m.Link.__table__, m.Record.__table__
+    candidates: list[tuple[str, str]] = [("in-reply-to", mid) for mid in parsed.in_reply_to]
+    candidates += [("references", mid) for mid in reversed(parsed.references)]
+    ids = list(dict.fromkeys(mid for _, mid in candidates))[:100]
+    if ids:
+        rows = conn.execute(
+            select(emails.c.message_id, links.c.target_id)
+            .join(links, (links.c.email_id == emails.c.id) & (links.c.kind == "record"))
+            .join(records, records.c.id == links.c.target_id)
+            .where(emails.c.org_id == org_id, emails.c.message_id.in_(ids), records.c.pipeline_id == pipeline_id)
+        ).all()
+        by_mid: dict[str, int] = {}
+        for mid, record_id in rows:
+            by_mid[mid] = max(record_id, by_mid.get(mid, 0))
+        for method, mid in candidates:
+            if mid in by_mid:
+                return ThreadMatch(by_mid[mid], method, mid)
+    ignored = ""
+    for record_id in tokens_in(parsed.subject, record_token, prefix):
+        token = format_token(record_token, prefix, record_id)
+        exists = conn.execute(
+            select(records.c.id).where(records.c.id == record_id, records.c.org_id == org_id,
+                                       records.c.pipeline_id == pipeline_id)
+        ).scalar_one_or_none()
+        if exists is None:
+            continue
+        parts = m.Participant.__table__
+        known = conn.execute(
+            select(parts.c.id).where(parts.c.record_id == record_id, parts.c.address == sender)
+        ).scalar_one_or_none()
+        if known is not None:
+            return ThreadMatch(record_id, "token", token)
+        ignored = ignored or f"{token} from non-participant {sender}"
+    return ThreadMatch(None, "none", token_ignored=ignored)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
