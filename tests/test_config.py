@@ -124,3 +124,30 @@ def test_cli_help_lists_commands():
     for command in ("serve", "check", "db", "dropbox", "export", "email"):
         assert command in proc.stdout
     assert "GATEWAY_DATABASE_URL" in proc.stdout
+
+
+def test_one_alias_per_pipeline(config_dir):
+    path = config_dir / "rules" / "lumen.toml"
+    text = path.read_text().replace("[pipelines.alias]", "[[pipelines.alias]]")
+    text += '\n[[pipelines.alias]]\naddress = "help2@in.lumen.example"\nowner = "owner@lumen.example"\n'
+    path.write_text(text)
+    proc = check(config_dir / "gateway.toml")
+    assert proc.returncode == 1
+    assert "[pipelines[0].alias]" in proc.stderr
+
+
+def test_reopen_stages_must_be_closed_and_open(config_dir):
+    path = config_dir / "rules" / "zylker.toml"
+    path.write_text(path.read_text().replace('reopen_from = ["Resolved", "Closed"]', 'reopen_from = ["Open", "Gone"]'))
+    proc = check(config_dir / "gateway.toml")
+    assert proc.returncode == 1
+    assert "'Open' is not a closed stage of Service" in proc.stderr
+    assert "'Gone' is not a closed stage of Service" in proc.stderr
+    assert f":{_line_of(path, 'reopen_from = [')}: [pipelines[1].alias.reopen_from]" in proc.stderr
+
+
+def test_token_prefixes_unique(config_dir):
+    path = config_dir / "rules" / "zylker.toml"
+    path.write_text(path.read_text().replace('token_prefix = "D"', 'token_prefix = "S"'))
+    proc = check(config_dir / "gateway.toml")
+    assert proc.returncode == 1 and "token prefix 'S' is also used" in proc.stderr
