@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -43,6 +44,7 @@ class App:
     pool: WorkerPool | None = None
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)
+    submission: Any = None
 
     async def start(self) -> None:
         s = self.settings
@@ -62,11 +64,29 @@ class App:
                 return cls(handler, data_limit=s.limits.max_message_bytes, hostname=s.server.hostname,
                            ident="CRM mail gateway", timeout=s.limits.session_timeout_seconds, loop=loop)
 
-            server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
-            self.servers.append(server)
-            sockname = server.sockets[0].getsockname()
-            self.bound[name] = (sockname[0], sockname[1])
-            log.info("listening", listener=name, host=sockname[0], port=sockname[1])
+            await self._listen(name, factory, host, port)
+        if s.listeners.submission:
+            from gateway.smtp.submission import SubmissionHandler, SubmissionSMTP, tls_context
+
+            host, port = parse_listen(s.listeners.submission)
+            self.submission = SubmissionHandler(self.gateway, s)
+            context = tls_context(s)
+
+            def submission_factory():  # type: ignore[no-untyped-def]
+                return SubmissionSMTP(self.submission, data_limit=s.limits.max_message_bytes,
+                                      loopback_auth=s.submission.auth_without_tls_on_loopback,
+                                      tls_context=context, hostname=s.server.hostname, ident="CRM mail gateway",
+                                      timeout=s.limits.session_timeout_seconds, loop=loop)
+
+            await self._listen("submission", submission_factory, host, port)
+
+    async def _listen(self, name: str, factory, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
+        self.servers.append(server)
+        sockname = server.sockets[0].getsockname()
+        self.bound[name] = (sockname[0], sockname[1])
+        log.info("listening", listener=name, host=sockname[0], port=sockname[1])
 
     async def stop(self) -> None:
         for server in self.servers:
@@ -74,6 +94,8 @@ class App:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        if self.submission is not None:
+            await self.submission.drain()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
         if self.engine:

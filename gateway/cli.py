@@ -194,6 +194,82 @@ def cmd_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dkim_entry(index, domain: str):  # type: ignore[no-untyped-def]
+    domain = domain.strip().lower().rstrip(".")
+    for org in index.orgs.values():
+        if domain in org.dkim:
+            return org, org.dkim[domain]
+    raise LookupError(f"no [[dkim]] entry for {domain} in the rules: add domain, selector and key_file first")
+
+
+def cmd_dkim(args: argparse.Namespace) -> int:
+    from gateway import signing
+    from gateway.rules.loader import load_rules
+
+    s = _settings(args)
+    index = load_rules(s.rules_dir)
+    if args.dkim_command == "keygen" and args.out:
+        path, domain, selector = Path(args.out), args.domain, args.selector
+    else:
+        org, entry = _dkim_entry(index, args.domain)
+        path, domain, selector = entry.key_path, entry.domain, entry.selector
+        if args.dkim_command == "keygen" and args.selector != entry.selector:
+            raise LookupError(f"the rules name selector {entry.selector!r} for {domain}, not {args.selector!r}: "
+                              "change the rules first, or write elsewhere with --out")
+    try:
+        if args.dkim_command == "keygen":
+            pem = signing.generate_key(path, bits=args.bits, overwrite=args.force)
+            print(f"wrote {path} (RSA {args.bits}, mode 0600); publish this DNS record:", file=sys.stderr)
+        else:
+            pem = signing.load_key(path)
+    except signing.DkimKeyError as exc:
+        raise LookupError(str(exc)) from exc
+    if getattr(args, "json", False):
+        _print_json({"domain": domain, "selector": selector, "name": f"{selector}._domainkey.{domain}",
+                     "type": "TXT", "value": signing.txt_record(pem), "key_file": str(path)})
+    else:
+        print(signing.dns_line(domain, selector, pem))
+    return EXIT_OK
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from gateway import quota
+
+    _, engine, index = _open(args)
+    orgs = [index.orgs[args.org]] if args.org else list(index.orgs.values())
+    if args.org and args.org not in index.orgs:
+        raise LookupError(f"no organisation {args.org}")
+    report = [quota.status(engine, org) for org in orgs]
+    if args.json:
+        _print_json(report if not args.org else report[0])
+        return EXIT_OK
+    for r in report:
+        print(f"{r['org']}  ({r['plan']}, {r['edition']}, {r['active_users']} active users, {r['timezone']})")
+        print(f"  day {r['day']}; next reset {r['next_reset_local']} local = {r['next_reset_utc']}")
+        for name, c in r["classes"].items():
+            print(f"  {name:<11} limit {c['limit']:>6}  used {c['used']:>6}  remaining {c['remaining']:>6}")
+    return EXIT_OK
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("gateway: the passwords differ", file=sys.stderr)
+            return EXIT_FAIL
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("gateway: empty password", file=sys.stderr)
+        return EXIT_FAIL
+    print(hash_password(password))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
     common = argparse.ArgumentParser(add_help=False)
@@ -202,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Mail gateway for CRMs: BCC dropbox filing, email-in pipelines, outbound relay.",
-        epilog="Environment overrides: GATEWAY_DATABASE_URL, GATEWAY_LMTP_LISTEN, GATEWAY_SMTP_LISTEN (host:port).",
+        epilog="Environment overrides: GATEWAY_DATABASE_URL, GATEWAY_LMTP_LISTEN, GATEWAY_SMTP_LISTEN, "
+               "GATEWAY_SUBMISSION_LISTEN (host:port), GATEWAY_RELAY_URL (smtp://host:port).",
     )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -241,6 +318,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("stage", metavar="STAGE")
     q.add_argument("--json", action="store_true", help="print {id, from, to, changed} as JSON")
     q.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("dkim", help="DKIM keys of sending domains")
+    ksub = p.add_subparsers(dest="dkim_command", required=True, metavar="ACTION")
+    q = ksub.add_parser("keygen", parents=[common], help="write a new key to the file the rules name; print the DNS TXT record")
+    q.add_argument("domain", metavar="DOMAIN")
+    q.add_argument("--selector", required=True, help="the selector (must match the rules)")
+    q.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072, 4096))
+    q.add_argument("--force", action="store_true", help="replace an existing key")
+    q.add_argument("--out", help="write here instead of the rules' key_file")
+    q.add_argument("--json", action="store_true", help="print {domain, selector, name, type, value, key_file}")
+    q.set_defaults(func=cmd_dkim)
+    q = ksub.add_parser("dns", parents=[common], help="print the DNS TXT record of a domain's key again")
+    q.add_argument("domain", metavar="DOMAIN")
+    q.add_argument("--json", action="store_true", help="print {domain, selector, name, type, value, key_file}")
+    q.set_defaults(func=cmd_dkim)
+
+    p = sub.add_parser("quota", help="daily sending quota")
+    qsub = p.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
+    q = qsub.add_parser("status", parents=[common], help="per class: limit, used, remaining, next reset")
+    q.add_argument("--org", help="only this organisation")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+    q.set_defaults(func=cmd_quota)
+
+    p = sub.add_parser("passwd", parents=[common], help="read a password (stdin or prompt) and print its scrypt hash for the rules")
+    p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("export", parents=[common], help="print stored leads, contacts, records and emails as JSON")
     p.add_argument("--org", help="only this organisation")

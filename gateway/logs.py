@@ -47,7 +47,10 @@ def setup(level: str = "info", fmt: str = "auto", stream=None) -> None:  # type:
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
     # aiosmtpd logs every command at INFO (with addresses); keep it to warnings.
-    logging.getLogger("mail.log").setLevel(max(_LEVELS[level], logging.WARNING))
+    mail_log = logging.getLogger("mail.log")
+    mail_log.setLevel(max(_LEVELS[level], logging.WARNING))
+    # aiosmtpd 1.4 warns about its own use of Session.login_data on every AUTH.
+    mail_log.filters[:] = [lambda record: "login_data is deprecated" not in record.getMessage()]
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(max(_LEVELS[level], logging.WARNING))
 

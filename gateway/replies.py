@@ -48,6 +48,15 @@ class _Catalogue:
     internal_error = Reply(451, "4.3.0", "Temporary internal error, try again later")
     database_unavailable = Reply(451, "4.3.0", "Storage temporarily unavailable, try again later")
     busy = Reply(421, "4.3.2", "Service shutting down, try again later")
+    # Submission and relay (issue 4).
+    relayed = Reply(250, "2.0.0", "Relayed")
+    already_relayed = Reply(250, "2.0.0", "Already relayed")
+    relay_unavailable = Reply(451, "4.4.1", "Smarthost unavailable, try again later")
+    quota_exhausted = Reply(451, "4.7.1", "Daily sending limit reached")
+    from_not_allowed = Reply(550, "5.7.1", "From address not allowed for this account")
+    domain_not_verified = Reply(550, "5.7.1", "Sender domain not verified (no DKIM key)")
+    auth_required = Reply(530, "5.7.0", "Authentication required")
+    no_such_record = Reply(550, "5.1.0", "Unknown record in X-Gateway-Record")
     bad_sender_syntax = Reply(501, "5.1.7", "Bad sender address syntax")
     bad_recipient_syntax = Reply(501, "5.1.3", "Bad recipient address syntax")
 

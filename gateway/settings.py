@@ -4,9 +4,11 @@ Relative paths are resolved against the folder of gateway.toml itself, so a copy
 of gateway.toml with rules/ beside it runs from anywhere.  A few settings can be
 overridden per run from the environment (documented in the README):
 
-    GATEWAY_DATABASE_URL   database.url
-    GATEWAY_LMTP_LISTEN    listeners.lmtp   (host:port)
-    GATEWAY_SMTP_LISTEN    listeners.smtp   (host:port)
+    GATEWAY_DATABASE_URL       database.url
+    GATEWAY_LMTP_LISTEN        listeners.lmtp        (host:port)
+    GATEWAY_SMTP_LISTEN        listeners.smtp        (host:port)
+    GATEWAY_SUBMISSION_LISTEN  listeners.submission  (host:port)
+    GATEWAY_RELAY_URL          relay.url             (smtp://host:port, smtps://, user:password@)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ ENV_OVERRIDES = {
     "GATEWAY_DATABASE_URL": ("database", "url"),
     "GATEWAY_LMTP_LISTEN": ("listeners", "lmtp"),
     "GATEWAY_SMTP_LISTEN": ("listeners", "smtp"),
+    "GATEWAY_SUBMISSION_LISTEN": ("listeners", "submission"),
+    "GATEWAY_RELAY_URL": ("relay", "url"),
 }
 
 DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
@@ -43,8 +47,10 @@ def parse_listen(value: str) -> tuple[str, int]:
 class Listeners(_Strict):
     lmtp: str | None = "127.0.0.1:8024"
     smtp: str | None = "127.0.0.1:8025"
+    # Authenticated submission of the CRM's outbound mail (relayed, DKIM-signed).
+    submission: str | None = None
 
-    @field_validator("lmtp", "smtp")
+    @field_validator("lmtp", "smtp", "submission")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value in (None, "", "off"):
@@ -71,6 +77,32 @@ class Limits(_Strict):
     session_timeout_seconds: float = Field(300.0, gt=0)
 
 
+class Submission(_Strict):
+    # STARTTLS certificate chain and key (PEM). Without them there is no STARTTLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # AUTH without TLS is refused, except from loopback clients when this is true.
+    auth_without_tls_on_loopback: bool = False
+
+
+class Relay(_Strict):
+    # The smarthost: smtp://host:port (plain, STARTTLS when offered with
+    # ?starttls=required|opportunistic|off), smtps://host:port (implicit TLS);
+    # user:password@ for AUTH (better given by GATEWAY_RELAY_URL than written here).
+    url: str = "smtp://127.0.0.1:25"
+    timeout_seconds: float = Field(60.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("expected smtp://host:port or smtps://host:port")
+        return value
+
+
 class Logging(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -87,6 +119,8 @@ class Settings(_Strict):
     rules: RulesSection = RulesSection()
     limits: Limits = Limits()
     logging: Logging = Logging()
+    submission: Submission = Submission()
+    relay: Relay = Relay()
 
     # Filled in by load(): where the file was, for resolving relative paths.
     base_dir: Path = Path(".")
@@ -95,6 +129,10 @@ class Settings(_Strict):
     @property
     def rules_dir(self) -> Path:
         return resolve_path(self.base_dir, self.rules.directory)
+
+    def path(self, value: str) -> Path:
+        """A path from gateway.toml, resolved against gateway.toml's folder."""
+        return resolve_path(self.base_dir, value)
 
     @property
     def database_url(self) -> str:
@@ -126,7 +164,7 @@ def load(path: str | Path, environ: dict[str, str] | None = None) -> Settings:
         value = environ.get(var)
         if value is None or value == "":
             continue
-        if key in ("lmtp", "smtp") and value not in ("off",):
+        if key in ("lmtp", "smtp", "submission") and value not in ("off",):
             try:
                 parse_listen(value)
             except ValueError as exc:

@@ -53,20 +53,46 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's DKIM keys, made once per run the way `gateway dkim keygen` makes them."""
+    from gateway import signing
+
+    keys = tmp_path_factory.mktemp("keys")
+    for domain in ("zylker.example", "lumen.example"):
+        signing.generate_key(keys / f"{domain}.gw2026.pem")
+    return keys
+
+
 @pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    """A copy of the shipped gateway.toml and rules/, for tests that change rules."""
+def config_dir(tmp_path: Path, dkim_keys: Path) -> Path:
+    """A copy of the shipped gateway.toml and rules/ (and DKIM keys where the rules
+    expect them), for tests that change rules."""
     target = tmp_path / "conf"
     target.mkdir()
     shutil.copy(REPO / "gateway.toml", target / "gateway.toml")
     shutil.copytree(REPO / "rules", target / "rules")
+    shutil.copytree(dkim_keys, target / "keys")
     return target
+
+
+@pytest.fixture
+def sink() -> Iterator["Sink"]:
+    """A real SMTP server on loopback standing in for the smarthost."""
+    from tests.helpers import Sink
+
+    s = Sink()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 class Gateway:
     """A running gateway and ways to talk to it."""
 
-    def __init__(self, config_dir: Path, database_url: str):
+    def __init__(self, config_dir: Path, database_url: str, relay_url: str = "smtp://127.0.0.1:9"):
         self.config_dir = config_dir
         self.config = config_dir / "gateway.toml"
         self.database_url = database_url
@@ -74,6 +100,8 @@ class Gateway:
             "GATEWAY_DATABASE_URL": database_url,
             "GATEWAY_LMTP_LISTEN": "127.0.0.1:0",
             "GATEWAY_SMTP_LISTEN": "127.0.0.1:0",
+            "GATEWAY_SUBMISSION_LISTEN": "127.0.0.1:0",
+            "GATEWAY_RELAY_URL": relay_url,
         }
         self.thread: ServerThread | None = None
 
@@ -108,6 +136,17 @@ class Gateway:
     @property
     def smtp_port(self) -> int:
         return self.app.bound["smtp"][1]
+
+    @property
+    def submission_port(self) -> int:
+        return self.app.bound["submission"][1]
+
+    def submit(self, data: bytes, rcpts: list[str], *, login: str = "crm@zylker.example",
+               password: str = "demo-only", mail_from: str | None = None):  # type: ignore[no-untyped-def]
+        """Submit as the CRM would: EHLO, AUTH, MAIL, RCPT..., DATA. Returns the Transaction."""
+        from tests.helpers import submission_transaction
+
+        return submission_transaction(self.submission_port, login, password, mail_from or login, rcpts, data)
 
     def lmtp(self, mail_from: str, rcpts: list[str], data: bytes, **kw: Any):  # type: ignore[no-untyped-def]
         return lmtp_transaction(self.lmtp_port, mail_from, rcpts, data, **kw)
@@ -166,6 +205,16 @@ class Gateway:
 @pytest.fixture
 def gw(config_dir: Path, database_url: str) -> Iterator[Gateway]:
     g = Gateway(config_dir, database_url).start()
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest.fixture
+def gwr(config_dir: Path, database_url: str, sink) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    """The gateway relaying to the `sink` smarthost."""
+    g = Gateway(config_dir, database_url, relay_url=f"smtp://127.0.0.1:{sink.port}").start()
     try:
         yield g
     finally:

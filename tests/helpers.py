@@ -148,3 +148,57 @@ def message(
         maintype, subtype = ctype.split("/")
         m.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)
     return m.as_bytes().replace(b"\n", b"\r\n")
+
+
+def submission_transaction(port: int, login: str, password: str, mail_from: str, rcpts: list[str],
+                           data: bytes) -> Transaction:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.ehlo()
+        client.login(login, password)
+        return _transaction(client, False, mail_from, rcpts, data)
+
+
+class Sink:
+    """A smarthost on loopback (aiosmtpd), recording what it accepts.
+
+    mode: "accept", "tempfail" (451 at DATA), "permfail" (554 at DATA);
+    refuse: recipients answered 550 at RCPT.
+    """
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.mode = "accept"
+        self.refuse: set[str] = set()
+        self._lock = threading.Lock()
+        self.controller: Any = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
+        if address in self.refuse:
+            return "550 5.1.1 No such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        if self.mode == "tempfail":
+            return "451 4.3.0 Try later"
+        if self.mode == "permfail":
+            return "554 5.7.1 Rejected by policy"
+        with self._lock:
+            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 Ok: queued"
+
+    def start(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, Mapping
 
@@ -68,6 +69,25 @@ class AliasEntry:
 
 
 @dataclass(frozen=True)
+class DkimEntry:
+    domain: str
+    selector: str
+    key_path: Path
+
+
+@dataclass(frozen=True)
+class LoginEntry:
+    """Who may submit outbound mail: a service account or a user with a password."""
+
+    org_id: str
+    username: str
+    password_hash: str
+    mail_class: Literal["individual", "bulk"]
+    loopback_only: bool
+    kind: Literal["account", "user"]
+
+
+@dataclass(frozen=True)
 class OrgEntry:
     id: str
     name: str
@@ -80,6 +100,18 @@ class OrgEntry:
     users: Mapping[str, UserEntry]
     pipelines: Mapping[str, PipelineEntry]
     own_addresses: frozenset[str]
+    bulk_addon: int | None = None
+    addresses: frozenset[str] = frozenset()
+    dkim: Mapping[str, DkimEntry] = field(default_factory=dict)
+
+    @property
+    def active_users(self) -> int:
+        return sum(1 for u in self.users.values() if u.active)
+
+    def may_send_from(self, address: str) -> bool:
+        """SPEC 3.8: every active user's address and the organisation's addresses."""
+        user = self.users.get(address)
+        return (user is not None and user.active) or address in self.addresses
 
     def is_own_address(self, address: str) -> bool:
         """SPEC 2.6: the organisation's own people, domains and gateway addresses."""
@@ -97,6 +129,7 @@ class RuleIndex:
     by_gateway_domain: Mapping[str, str]
     aliases: Mapping[str, AliasEntry]
     files: tuple[str, ...] = ()
+    logins: Mapping[str, LoginEntry] = field(default_factory=dict)
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     def user(self, org_id: str, email: str) -> UserEntry | None:
@@ -117,12 +150,22 @@ class RuleIndex:
         return replace(self, orgs=MappingProxyType(orgs))
 
 
-def compile_rules(files: list[RuleFile], names: tuple[str, ...] = ()) -> RuleIndex:
+def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = ()) -> RuleIndex:
     orgs: dict[str, OrgEntry] = {}
     by_domain: dict[str, str] = {}
     aliases: dict[str, AliasEntry] = {}
-    for rf in files:
+    logins: dict[str, LoginEntry] = {}
+    for path, rf in files:
         o = rf.organisation
+        for a in rf.accounts:
+            logins[a.username] = LoginEntry(o.id, a.username, a.password_hash, a.mail_class, a.loopback_only, "account")
+        for u in rf.users:
+            if u.password_hash and u.email not in logins:
+                logins[u.email] = LoginEntry(o.id, u.email, u.password_hash, "individual", False, "user")
+        dkim = {
+            k.domain: DkimEntry(k.domain, k.selector, (path.parent / k.key_file).resolve())
+            for k in rf.dkim
+        }
         users = {
             u.email: UserEntry(
                 org_id=o.id,
@@ -173,6 +216,10 @@ def compile_rules(files: list[RuleFile], names: tuple[str, ...] = ()) -> RuleInd
             users=MappingProxyType(users),
             pipelines=MappingProxyType(pipelines),
             own_addresses=frozenset(own),
+            bulk_addon=o.bulk_addon,
+            addresses=frozenset(o.addresses),
+            dkim=MappingProxyType(dkim),
         )
         by_domain[o.gateway_domain] = o.id
-    return RuleIndex(MappingProxyType(orgs), MappingProxyType(by_domain), MappingProxyType(aliases), names)
+    return RuleIndex(MappingProxyType(orgs), MappingProxyType(by_domain), MappingProxyType(aliases), names,
+                     logins=MappingProxyType(logins))

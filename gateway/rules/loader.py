@@ -34,7 +34,7 @@ def load_rules(directory: Path) -> RuleIndex:
     problems.extend(_check_across(parsed))
     if problems:
         raise ConfigError(problems)
-    return compile_rules([rf for _, rf in parsed], tuple(str(p) for p in paths))
+    return compile_rules([(toml.path, rf) for toml, rf in parsed], tuple(str(p) for p in paths))
 
 
 def _check_file(toml: TomlFile, rf: RuleFile) -> list[ConfigProblem]:
@@ -44,6 +44,23 @@ def _check_file(toml: TomlFile, rf: RuleFile) -> list[ConfigProblem]:
         out.append(toml.problem(("organisation", "gateway_domain"),
                                 "must differ from the organisation's own domains (mail to it is routed to the gateway)"))
     roles = set(rf.roles) | set(DEFAULT_ROLES)
+    licences = max(1, sum(1 for u in rf.users if u.active))
+    if len(org.addresses) > 10 * licences:
+        out.append(toml.problem(("organisation", "addresses"),
+                                f"at most 10 organisation addresses per licence ({10 * licences} for {licences} active users)"))
+    own_domains = set(org.domains)
+    dkim_domains: set[str] = set()
+    for i, key in enumerate(rf.dkim):
+        if key.domain not in own_domains:
+            out.append(toml.problem(("dkim", i, "domain"), f"{key.domain} is not one of the organisation's domains"))
+        if key.domain in dkim_domains:
+            out.append(toml.problem(("dkim", i, "domain"), f"{key.domain} has two keys; keep one"))
+        dkim_domains.add(key.domain)
+    usernames: set[str] = set()
+    for i, account in enumerate(rf.accounts):
+        if account.username in usernames:
+            out.append(toml.problem(("accounts", i, "username"), f"account {account.username} is listed twice"))
+        usernames.add(account.username)
     seen: dict[str, int] = {}
     for i, user in enumerate(rf.users):
         if user.email in seen:
@@ -93,7 +110,13 @@ def _check_across(parsed: list[tuple[TomlFile, RuleFile]]) -> list[ConfigProblem
     ids: dict[str, str] = {}
     domains: dict[str, str] = {}
     aliases: dict[str, str] = {}
+    logins: dict[str, str] = {}
     for toml, rf in parsed:
+        for i, account in enumerate(rf.accounts):
+            if account.username in logins:
+                out.append(toml.problem(("accounts", i, "username"),
+                                        f"login {account.username} is also used in {logins[account.username]}"))
+            logins.setdefault(account.username, toml.shown_as)
         org = rf.organisation
         if org.id in ids:
             out.append(toml.problem(("organisation", "id"), f"organisation {org.id!r} is also defined in {ids[org.id]}"))

@@ -78,6 +78,14 @@ class Dropbox(_Strict):
         return self.create or {"contacts": "contact", "leads": "lead"}.get(self.search, "lead")  # type: ignore[return-value]
 
 
+def _password_hash(value: str | None) -> str | None:
+    from gateway.passwords import is_valid_hash
+
+    if value is not None and not is_valid_hash(value):
+        raise ValueError("not a password hash: use `gateway passwd` to make one (plain passwords are refused)")
+    return value
+
+
 class User(_Strict):
     email: str
     first_name: str = ""
@@ -85,6 +93,10 @@ class User(_Strict):
     role: str
     active: bool = True
     dropbox: Dropbox = Dropbox()
+    # Lets the user submit mail through the gateway themselves (scrypt hash).
+    password_hash: str | None = None
+
+    _hash = field_validator("password_hash")(lambda cls, v: _password_hash(v))
 
     _email = field_validator("email")(lambda cls, v: _address(v))
 
@@ -122,6 +134,35 @@ class Pipeline(_Strict):
         return self
 
 
+class Dkim(_Strict):
+    """A verified sending domain: mail From this domain is signed with this key."""
+
+    domain: str
+    selector: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # PEM private key; relative to this rule file's folder. Never commit it:
+    # `gateway dkim keygen DOMAIN --selector S` writes it.
+    key_file: str
+
+    _domain = field_validator("domain")(lambda cls, v: _domain(v))
+
+
+class Account(_Strict):
+    """A submission account, e.g. the CRM application (SPEC 4)."""
+
+    username: str
+    password_hash: str
+    # Class its mail counts against (SPEC 4.3): individual, or bulk for automatic
+    # mail, workflow, macros and scheduled bulk. A header can override per message.
+    mail_class: Literal["individual", "bulk"] = Field("individual", alias="class")
+    # Accept this account only from loopback clients (the demo's accounts).
+    loopback_only: bool = False
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _username = field_validator("username")(lambda cls, v: _address(v))
+    _hash = field_validator("password_hash")(lambda cls, v: _password_hash(v))
+
+
 class Organisation(_Strict):
     id: str
     name: str = ""
@@ -130,6 +171,11 @@ class Organisation(_Strict):
     edition: Literal["standard", "professional", "enterprise"] = "standard"
     domains: list[str] = Field(default_factory=list)
     gateway_domain: str
+    # SPEC 4.2: a paid add-on raises the daily bulk limit, to at most 2,250.
+    bulk_addon: int | None = Field(None, ge=0, le=2250)
+    # Organisation addresses (e.g. support@) allowed as From of outbound mail,
+    # besides every active user's address; up to 10 per licence (SPEC 3.8).
+    addresses: list[str] = Field(default_factory=list)
     # Record token put in the subject of outbound replies; {prefix} is the
     # pipeline's token_prefix, {id} the record id.
     record_token: str = "[#{prefix}-{id}]"
@@ -161,6 +207,7 @@ class Organisation(_Strict):
         return value
 
     _domains = field_validator("domains", mode="after")(lambda cls, v: [_domain(d) for d in v])
+    _addresses = field_validator("addresses", mode="after")(lambda cls, v: [_address(a) for a in v])
     _gw = field_validator("gateway_domain")(lambda cls, v: _domain(v))
 
 
@@ -169,6 +216,8 @@ class RuleFile(_Strict):
     roles: dict[str, Role] = Field(default_factory=dict)
     users: list[User] = Field(default_factory=list)
     pipelines: list[Pipeline] = Field(default_factory=list)
+    dkim: list[Dkim] = Field(default_factory=list)
+    accounts: list[Account] = Field(default_factory=list)
 
     def role_allows_dropbox(self, role: str) -> bool:
         if role in self.roles:

@@ -7,12 +7,13 @@ one filing per (organisation, route, message key).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -210,6 +211,20 @@ class Link(Base):
     email_id: Mapped[int] = mapped_column(ForeignKey("emails.id"))
     kind: Mapped[str] = mapped_column(String(16))  # lead | contact | record
     target_id: Mapped[int] = mapped_column(Id)
+
+
+class QuotaBucket(Base):
+    """Tokens used per organisation, class and local day (gateway.quota)."""
+
+    __tablename__ = "quota_buckets"
+    __table_args__ = (UniqueConstraint("org_id", "mail_class", "day"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    mail_class: Mapped[str] = mapped_column(String(16))
+    day: Mapped[date] = mapped_column(Date)
+    used: Mapped[int] = mapped_column(Integer)
+    day_limit: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Delivery(Base):

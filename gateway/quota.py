@@ -1,0 +1,148 @@
+"""Daily sending quota: a token bucket per organisation and class, kept in the database.
+
+SPEC 4: individual mail 50 x active users on the free plan (at most 4 users count),
+300 x active users on a paid plan; bulk mail (also automatic mail, workflow,
+auto-responses, macros and scheduled bulk) 250 / 500 / 1000 by edition, raised by
+a paid add-on to at most 2,250.  Every recipient is one token.  A day runs from
+00:00 to 24:00 in the organisation's time zone -- 23 or 25 hours on DST days --
+so the bucket is keyed by the local date and refills when that date changes.
+
+Exact across gateway processes: a token is taken by one conditional UPDATE
+(used + n <= limit) on the bucket row; a row lock (PostgreSQL) or the write lock
+(SQLite) orders concurrent takers, so together they never exceed the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, select, update
+
+from gateway.rules.index import OrgEntry
+from gateway.store import models as m
+from gateway.store.db import write_transaction
+from gateway.store.repo import insert_for, now
+
+MailClass = Literal["individual", "bulk"]
+CLASSES: tuple[MailClass, ...] = ("individual", "bulk")
+
+BULK_BY_EDITION = {"standard": 250, "professional": 500, "enterprise": 1000}
+BULK_MAX = 2250
+FREE_PLAN_MAX_USERS = 4
+
+# Header a submitter may set to say what kind of mail this is (removed before relay).
+CLASS_HEADER = "X-Gateway-Class"
+_CLASS_NAMES: dict[str, MailClass] = {
+    "individual": "individual",
+    "bulk": "bulk", "mass": "bulk", "automatic": "bulk", "workflow": "bulk",
+    "auto-response": "bulk", "autoresponse": "bulk", "macro": "bulk", "scheduled": "bulk",
+    "scheduled-bulk": "bulk",
+}
+
+
+def class_from_header(value: str | None) -> MailClass | None:
+    if not value:
+        return None
+    return _CLASS_NAMES.get(value.strip().lower())
+
+
+def limit_for(org: OrgEntry, mail_class: MailClass) -> int:
+    if mail_class == "individual":
+        users = org.active_users
+        if org.plan == "free":
+            return 50 * min(users, FREE_PLAN_MAX_USERS)
+        return 300 * users
+    return min(BULK_BY_EDITION.get(org.edition, 250) + (org.bulk_addon or 0), BULK_MAX)
+
+
+def local_day(tz: str, at: datetime | None = None) -> date:
+    return (at or now()).astimezone(ZoneInfo(tz)).date()
+
+
+def next_reset(tz: str, at: datetime | None = None) -> datetime:
+    """The next local midnight, as an aware datetime in the organisation's zone."""
+    zone = ZoneInfo(tz)
+    day = local_day(tz, at)
+    midnight = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    # Round-trip through UTC settles a midnight that falls in a DST gap.
+    return midnight.astimezone(timezone.utc).astimezone(zone)
+
+
+def reset_text(tz: str, at: datetime | None = None) -> str:
+    reset = next_reset(tz, at)
+    return f"{reset:%Y-%m-%d %H:%M} {reset.tzname()} ({tz}, UTC{reset:%z})"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    org_id: str
+    mail_class: MailClass
+    day: date
+    count: int
+
+
+def reserve(engine: Engine, org: OrgEntry, mail_class: MailClass, count: int = 1,
+            at: datetime | None = None) -> Reservation | None:
+    """Take `count` tokens, all or none. None when the bucket has not enough left."""
+    table = m.QuotaBucket.__table__
+    day = local_day(org.timezone, at)
+    limit = limit_for(org, mail_class)
+    with write_transaction(engine) as conn:
+        conn.execute(
+            insert_for(conn, table)
+            .values(org_id=org.id, mail_class=mail_class, day=day, used=0, day_limit=limit, updated_at=now())
+            .on_conflict_do_nothing(index_elements=["org_id", "mail_class", "day"])
+        )
+        taken = conn.execute(
+            update(table)
+            .where(table.c.org_id == org.id, table.c.mail_class == mail_class, table.c.day == day,
+                   table.c.used + count <= limit)
+            .values(used=table.c.used + count, day_limit=limit, updated_at=now())
+            .returning(table.c.used)
+        ).scalar_one_or_none()
+    return Reservation(org.id, mail_class, day, count) if taken is not None else None
+
+
+def release(engine: Engine, reservation: Reservation) -> None:
+    """Give tokens back (transaction or relay failed), to the day they were taken from."""
+    table = m.QuotaBucket.__table__
+    with write_transaction(engine) as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.org_id == reservation.org_id, table.c.mail_class == reservation.mail_class,
+                   table.c.day == reservation.day, table.c.used >= reservation.count)
+            .values(used=table.c.used - reservation.count, updated_at=now())
+        )
+
+
+def status(engine: Engine, org: OrgEntry, at: datetime | None = None) -> dict[str, object]:
+    table = m.QuotaBucket.__table__
+    day = local_day(org.timezone, at)
+    with engine.connect() as conn:
+        used = dict(conn.execute(
+            select(table.c.mail_class, table.c.used).where(table.c.org_id == org.id, table.c.day == day)
+        ).all())
+    reset = next_reset(org.timezone, at)
+    classes = {}
+    for mail_class in CLASSES:
+        limit = limit_for(org, mail_class)
+        taken = int(used.get(mail_class, 0))
+        classes[mail_class] = {
+            "limit": limit,
+            "used": taken,
+            "remaining": max(limit - taken, 0),
+        }
+    return {
+        "org": org.id,
+        "timezone": org.timezone,
+        "plan": org.plan,
+        "edition": org.edition,
+        "active_users": org.active_users,
+        "day": day.isoformat(),
+        "next_reset_local": reset.isoformat(),
+        "next_reset_utc": reset.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "classes": classes,
+    }

@@ -1,0 +1,155 @@
+"""Quota arithmetic and exactness: limits by plan, local-midnight refill across DST
+(time-machine), and three gateway processes sharing one bucket."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+import time_machine
+
+from gateway import quota
+from tests.helpers import message
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def org(gw, org_id):
+    return gw.app.gateway.rules.orgs[org_id]
+
+
+def test_limits_follow_the_spec(gw):
+    zylker, lumen = org(gw, "zylker"), org(gw, "lumen")
+    assert quota.limit_for(zylker, "individual") == 300 * 3  # paid: 300 x active users
+    assert quota.limit_for(zylker, "bulk") == 500  # professional
+    assert quota.limit_for(lumen, "individual") == 50  # free: 50 x 1 user
+    assert quota.limit_for(lumen, "bulk") == 250  # standard
+    from dataclasses import replace
+
+    many = replace(lumen, users={f"u{i}@lumen.example": next(iter(lumen.users.values())) for i in range(9)})
+    assert quota.limit_for(many, "individual") == 200  # the free plan counts at most 4 users
+    ent = replace(zylker, edition="enterprise", bulk_addon=2000)
+    assert quota.limit_for(ent, "bulk") == 2250  # the add-on stops at 2,250
+
+
+@pytest.mark.parametrize("day, hours", [("2026-03-29", 23), ("2026-10-25", 25), ("2026-11-23", 24)])
+def test_day_boundaries_in_local_time(day, hours):
+    start = datetime.fromisoformat(day).replace(tzinfo=BERLIN)
+    reset = quota.next_reset("Europe/Berlin", start.astimezone(timezone.utc))
+    assert reset.hour == 0 and reset.minute == 0
+    assert (reset.astimezone(timezone.utc) - start.astimezone(timezone.utc)).total_seconds() == hours * 3600
+
+
+@pytest.mark.parametrize("before, after", [
+    # Spring forward: 23-hour day. 23:59 CET on the 28th, then 00:01 CET on the 29th.
+    (datetime(2026, 3, 28, 22, 59, tzinfo=timezone.utc), datetime(2026, 3, 28, 23, 1, tzinfo=timezone.utc)),
+    # Fall back: the 25-hour day ends at 00:00 CET = 23:00 UTC.
+    (datetime(2026, 10, 25, 22, 59, tzinfo=timezone.utc), datetime(2026, 10, 25, 23, 1, tzinfo=timezone.utc)),
+])
+def test_bucket_refills_at_local_midnight_across_dst(gw, before, after):
+    lumen = org(gw, "lumen")
+    with time_machine.travel(before, tick=False):
+        assert quota.reserve(gw.engine, lumen, "individual", 50) is not None
+        assert quota.reserve(gw.engine, lumen, "individual", 1) is None
+        status = quota.status(gw.engine, lumen)
+        assert status["classes"]["individual"]["remaining"] == 0
+        assert datetime.fromisoformat(status["next_reset_utc"].replace("Z", "+00:00")) == after.replace(minute=0)
+    with time_machine.travel(after, tick=False):
+        assert quota.status(gw.engine, lumen)["classes"]["individual"]["used"] == 0
+        assert quota.reserve(gw.engine, lumen, "individual", 50) is not None
+    # One minute later on the wall clock would be the same day: still full.
+    with time_machine.travel(before, tick=False):
+        assert quota.reserve(gw.engine, lumen, "individual", 1) is None
+
+
+def test_releases_go_to_the_day_they_were_taken_from(gw):
+    lumen = org(gw, "lumen")
+    with time_machine.travel(datetime(2026, 5, 1, 21, 59, tzinfo=timezone.utc), tick=False):
+        taken = quota.reserve(gw.engine, lumen, "individual", 10)
+    with time_machine.travel(datetime(2026, 5, 1, 22, 1, tzinfo=timezone.utc), tick=False):
+        assert quota.reserve(gw.engine, lumen, "individual", 5) is not None
+        quota.release(gw.engine, taken)
+        assert quota.status(gw.engine, lumen)["classes"]["individual"]["used"] == 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _submit_one(port: int, i: int) -> int:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.ehlo()
+            client.login("crm@lumen.example", "demo-only")
+            client.mail("owner@lumen.example")
+            code, _ = client.rcpt(f"c{i}@customer.example")
+            if code != 250:
+                client.rset()
+                return code
+            code, _ = client.data(message(frm="owner@lumen.example", to=f"c{i}@customer.example", subject=f"n{i}"))
+            return code
+    except (smtplib.SMTPException, OSError):
+        return -1
+
+
+def test_three_processes_never_exceed_the_bucket(config_dir, database_url, sink, tmp_path):
+    """Three `gateway serve` processes on one database, a 50-token bucket (lumen, free
+    plan, one user), 200 concurrent attempts: exactly 50 relayed."""
+    procs, ports = [], []
+    try:
+        for n in range(3):
+            port = _free_port()
+            env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
+                   "GATEWAY_LMTP_LISTEN": "off", "GATEWAY_SMTP_LISTEN": "off",
+                   "GATEWAY_SUBMISSION_LISTEN": f"127.0.0.1:{port}",
+                   "GATEWAY_RELAY_URL": f"smtp://127.0.0.1:{sink.port}"}
+            with open(tmp_path / f"serve{n}.log", "wb") as log:
+                procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
+                                               str(config_dir / "gateway.toml")], env=env,
+                                              stdout=subprocess.DEVNULL, stderr=log))
+            ports.append(port)
+            if n == 0:
+                _wait(port, procs[0], tmp_path / "serve0.log")  # the first one creates the schema
+        for n, (port, proc) in enumerate(zip(ports, procs)):
+            _wait(port, proc, tmp_path / f"serve{n}.log")
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            codes = list(pool.map(lambda i: _submit_one(ports[i % 3], i), range(200)))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
+    assert codes.count(250) == 50, codes
+    assert set(codes) <= {250, 451}
+    assert len(sink.messages) == 50
+    import sqlalchemy as sa
+
+    from gateway.store import db
+
+    engine = db.make_engine(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT sum(used) FROM quota_buckets WHERE org_id = 'lumen'")).scalar_one() == 50
+    engine.dispose()
+
+
+def _wait(port: int, proc: subprocess.Popen, log, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("did not start")
