@@ -181,7 +181,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     for d in shown["decisions"]:
         thread = d.get("thread") or {}
         change = d.get("stage_change")
-        parts = [f"email {d['email_id']}", f"thread={thread.get('method', '-')}"]
+        parts = [f"email {d['email_id']}", "sent" if d.get("route") == "relay" else "received",
+                 f"thread={thread.get('method', '-')}"]
         if thread.get("evidence"):
             parts.append(f"by {thread['evidence']}")
         if d.get("contact"):
@@ -190,6 +191,8 @@ def cmd_record(args: argparse.Namespace) -> int:
             parts.append(f"noise={d['noise']}")
         if change:
             parts.append(f"stage {change['from'] or '-'} -> {change['to']}")
+        if d.get("token_added"):
+            parts.append("token added to subject")
         print("    " + ", ".join(parts))
     return EXIT_OK
 

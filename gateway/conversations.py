@@ -48,8 +48,12 @@ def tokens_in(subject: str, fmt: str, prefix: str) -> list[int]:
 
 
 def sort_time(parsed: ParsedMessage, arrived: datetime) -> datetime:
-    """Date header, or arrival when it is missing, unparseable or in the future."""
+    """Date header, or arrival when it is missing, unparseable or in the future.
+    Within the Date header's one-second resolution of arrival, arrival is the
+    more precise of the two (keeps a reply after the mail it answers)."""
     if parsed.date is None or parsed.date > arrived + FUTURE_SKEW:
+        return arrived
+    if abs((arrived - parsed.date).total_seconds()) < 1:
         return arrived
     return parsed.date
 

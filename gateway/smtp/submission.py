@@ -200,7 +200,8 @@ class SubmissionHandler(Handler):
         outcome = await relay(self.smarthost, envelope.mail_from or "", list(envelope.rcpt_tos), signed + message)
         decision = {
             "route": "relay", "login": login.username, "class": envelope.mail_class,  # type: ignore[attr-defined]
-            "record": {"id": record.id, "method": record.method, "evidence": record.evidence} if record else None,
+            "thread": ({"method": record.method, "evidence": record.evidence, "record_id": record.id}
+                       if record else {"method": "none", "evidence": "", "record_id": None}),
             "token_added": subject is not None, "smarthost": self.smarthost.describe(),
             "accepted": len(outcome.accepted), "refused": outcome.refused,
         }
