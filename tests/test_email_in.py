@@ -288,7 +288,7 @@ def test_sort_time_rules():
         return parse_message(message(date=value) if value else message(date=None))
 
     assert sort_time(with_date(None), arrived) == arrived
-    assert sort_time(with_date("Mon, 23 Nov 2026 17:00:00 +0900"), arrived) == arrived  # same second: arrival is finer
+    assert sort_time(with_date("Mon, 23 Nov 2026 18:00:00 +0900"), arrived) == arrived  # same second: arrival is finer
     assert sort_time(with_date("Mon, 23 Nov 2026 08:00:00 +0000"), arrived) == datetime(2026, 11, 23, 8, tzinfo=timezone.utc)
     assert sort_time(with_date("Mon, 30 Nov 2026 08:00:00 +0000"), arrived) == arrived  # future
     assert sort_time(with_date("not a date"), arrived) == arrived
