@@ -49,13 +49,12 @@ def tokens_in(subject: str, fmt: str, prefix: str) -> list[int]:
 
 def sort_time(parsed: ParsedMessage, arrived: datetime) -> datetime:
     """Date header, or arrival when it is missing, unparseable or in the future.
-    Within the Date header's one-second resolution of arrival, arrival is the
-    more precise of the two (keeps a reply after the mail it answers)."""
+    Always at the Date header's resolution (whole seconds), so that messages within
+    one second are ordered by arrival (the second sort key), never by a mix of a
+    truncated Date and a precise arrival time."""
     if parsed.date is None or parsed.date > arrived + FUTURE_SKEW:
-        return arrived
-    if abs((arrived - parsed.date).total_seconds()) < 1:
-        return arrived
-    return parsed.date
+        return arrived.replace(microsecond=0)
+    return parsed.date.replace(microsecond=0)
 
 
 def find_thread(

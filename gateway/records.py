@@ -31,7 +31,7 @@ def conversation_order(conn: Connection, record_ids: list[int] | None = None) ->
         select(links.c.target_id, emails.c.id)
         .join(emails, emails.c.id == links.c.email_id)
         .where(links.c.kind == "record")
-        .order_by(links.c.target_id, emails.c.sort_at, emails.c.id)
+        .order_by(links.c.target_id, emails.c.sort_at, emails.c.received_at, emails.c.id)
     )
     if record_ids is not None:
         query = query.where(links.c.target_id.in_(record_ids))
