@@ -1,16 +1,26 @@
-"""Composition root: settings + rules + database + worker pool + listeners + signals."""
+"""Composition root: settings + rules + database + worker pool + listeners + signals.
+
+Lifecycle: start (migrate, load and sync rules, bind listeners, probes, pid file),
+reload (SIGHUP, `gateway reload`, or a change in rules/: load, validate, swap whole;
+on error keep the old rules), stop (SIGTERM/SIGINT: stop accepting, answer 421,
+let transactions under way finish within the grace period, exit 0).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.delivery import Gateway
+from gateway.errors import ConfigError
 from gateway.rules.index import RuleIndex
 from gateway.rules.loader import load_rules
 from gateway.settings import Settings, parse_listen
@@ -36,6 +46,28 @@ def load_and_sync(settings: Settings, engine: Engine) -> RuleIndex:
     return repo.sync_rules(engine, load_rules(settings.rules_dir))
 
 
+def write_postfix_map(settings: Settings, engine: Engine, rules: RuleIndex) -> int | None:
+    if not settings.postfix.recipient_map:
+        return None
+    from gateway.postfix import write_map
+
+    return write_map(settings.path(settings.postfix.recipient_map), engine, rules, settings.postfix.postmap_command)
+
+
+def _cannot_listen(name: str, host: str, port: int, exc: OSError) -> ConfigError:
+    from gateway.errors import ConfigProblem
+
+    return ConfigError([ConfigProblem("gateway.toml", f"listeners.{name}", None,
+                                      f"cannot listen on {host}:{port}: {exc.strerror or exc}")])
+
+
+def _rules_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.glob("*.toml")))
+    except OSError:
+        return ()
+
+
 @dataclass
 class App:
     settings: Settings
@@ -45,6 +77,11 @@ class App:
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)
     submission: Any = None
+    probes: Any = None
+    handlers: list[Handler] = field(default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _pid_written: Path | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -52,6 +89,8 @@ class App:
         self.pool = WorkerPool(s.limits.workers, s.limits.big_message_slots)
         self.engine = await loop.run_in_executor(None, open_database, s)
         rules = await loop.run_in_executor(None, load_and_sync, s, self.engine)
+        metrics.rule_reloads.labels(result="ok").inc()
+        metrics.rules_last_reload.set(time.time())
         self.gateway = Gateway(self.engine, rules, self.pool)
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
@@ -59,6 +98,7 @@ class App:
             host, port = parse_listen(listen)
             handler = Handler(self.gateway, listener=name, data_limit=s.limits.max_message_bytes,
                               max_recipients=s.limits.max_recipients)
+            self.handlers.append(handler)
 
             def factory(cls=cls, handler=handler):  # type: ignore[no-untyped-def]
                 return cls(handler, data_limit=s.limits.max_message_bytes, hostname=s.server.hostname,
@@ -70,6 +110,7 @@ class App:
 
             host, port = parse_listen(s.listeners.submission)
             self.submission = SubmissionHandler(self.gateway, s)
+            self.handlers.append(self.submission)
             context = tls_context(s)
 
             def submission_factory():  # type: ignore[no-untyped-def]
@@ -79,18 +120,138 @@ class App:
                                       timeout=s.limits.session_timeout_seconds, loop=loop)
 
             await self._listen("submission", submission_factory, host, port)
+        if s.listeners.metrics:
+            from gateway.probes import QUOTA, ProbeServer
+
+            host, port = parse_listen(s.listeners.metrics)
+            try:
+                self.probes = ProbeServer(host, port, self.readiness)
+            except OSError as exc:
+                raise _cannot_listen("metrics", host, port, exc) from exc
+            self.probes.start()
+            self.bound["metrics"] = self.probes.address
+            QUOTA.source = self.quota_report
+            log.info("listening", listener="metrics", host=self.probes.address[0], port=self.probes.address[1])
+        await loop.run_in_executor(None, self._postfix_map)
+        if s.limits.rules_poll_seconds > 0:
+            self._tasks.append(loop.create_task(self._watch_rules()))
+        metrics.up.set(1)
 
     async def _listen(self, name: str, factory, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
+        try:
+            server = await loop.create_server(factory, host=host, port=port, reuse_address=True)
+        except OSError as exc:
+            raise _cannot_listen(name, host, port, exc) from exc
         self.servers.append(server)
         sockname = server.sockets[0].getsockname()
         self.bound[name] = (sockname[0], sockname[1])
         log.info("listening", listener=name, host=sockname[0], port=sockname[1])
 
+    # --- operator endpoints -------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        s = self.settings
+        wanted = {n for n, v in (("lmtp", s.listeners.lmtp), ("smtp", s.listeners.smtp),
+                                 ("submission", s.listeners.submission)) if v}
+        bound = wanted <= set(self.bound) and bool(self.servers) and not (self.gateway and self.gateway.stopping)
+        database = False
+        if self.engine is not None:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                database = True
+            except Exception:
+                database = False
+        rules = self.gateway is not None and bool(self.gateway.rules.orgs)
+        return database and rules and bound, {"database": database, "rules": rules, "listeners": bound}
+
+    def quota_report(self) -> list[dict[str, Any]]:
+        from gateway import quota
+
+        if self.gateway is None or self.engine is None:
+            return []
+        return [quota.status(self.engine, org) for org in self.gateway.rules.orgs.values()]
+
+    def _postfix_map(self) -> None:
+        if self.gateway is None or self.engine is None:
+            return
+        try:
+            count = write_postfix_map(self.settings, self.engine, self.gateway.rules)
+            if count is not None:
+                log.info("postfix_map_written", addresses=count, path=self.settings.postfix.recipient_map)
+        except Exception as exc:
+            metrics.errors.labels(component="postfix_map").inc()
+            log.error("postfix_map_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # --- reload -------------------------------------------------------------------------
+
+    async def reload(self, cause: str) -> bool:
+        """Load, validate and sync the rules, then swap them in whole. On any error the
+        old rules stay; the error is logged with file, key and line, and counted."""
+        assert self.gateway is not None and self.engine is not None
+        loop = asyncio.get_running_loop()
+        async with self._reload_lock:
+            try:
+                rules = await loop.run_in_executor(None, load_and_sync, self.settings, self.engine)
+            except ConfigError as exc:
+                metrics.rule_reloads.labels(result="failed").inc()
+                for problem in exc.problems:
+                    log.error("rules_reload_failed", cause=cause, file=problem.file, key=problem.key,
+                              line=problem.line, problem=problem.message)
+                return False
+            except Exception as exc:
+                metrics.rule_reloads.labels(result="failed").inc()
+                metrics.errors.labels(component="reload").inc()
+                log.error("rules_reload_failed", cause=cause, error=f"{type(exc).__name__}: {exc}")
+                return False
+            self.gateway.swap_rules(rules)
+            metrics.rule_reloads.labels(result="ok").inc()
+            metrics.rules_last_reload.set(time.time())
+            log.info("rules_reloaded", cause=cause, organisations=len(rules.orgs), files=len(rules.files))
+            await loop.run_in_executor(None, self._postfix_map)
+            return True
+
+    async def _watch_rules(self) -> None:
+        """Reload when a rule file changes; debounced so an editor's several writes
+        (or a copy of several files) make one reload."""
+        directory = self.settings.rules_dir
+        interval = self.settings.limits.rules_poll_seconds
+        seen = _rules_signature(directory)
+        while True:
+            await asyncio.sleep(interval)
+            now = _rules_signature(directory)
+            if now == seen:
+                continue
+            while True:  # wait until the files stop changing
+                await asyncio.sleep(min(interval, 0.5))
+                settled = _rules_signature(directory)
+                if settled == now:
+                    break
+                now = settled
+            seen = now
+            await self.reload("file change")
+
+    # --- stop ---------------------------------------------------------------------------
+
     async def stop(self) -> None:
+        """Stop accepting, answer 421 4.3.2 to new commands, let transactions under way
+        finish within the grace period, then close what is left."""
+        metrics.up.set(0)
+        for task in self._tasks:
+            task.cancel()
+        if self.gateway is not None:
+            self.gateway.stopping = True
         for server in self.servers:
             server.close()
+        grace = self.settings.limits.shutdown_grace_seconds
+        deadline = time.monotonic() + grace
+        while self.gateway is not None and self.gateway.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.gateway is not None and self.gateway.in_flight > 0:
+            log.warning("shutdown_grace_expired", in_flight=self.gateway.in_flight)
+        for handler in self.handlers:
+            handler.close_all()
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
@@ -98,21 +259,37 @@ class App:
             await self.submission.drain()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
+        if self.probes is not None:
+            from gateway.probes import QUOTA
+
+            if QUOTA.source == self.quota_report:
+                QUOTA.source = None
+            self.probes.stop()
         if self.engine:
             self.engine.dispose()
+        if self._pid_written is not None:
+            self._pid_written.unlink(missing_ok=True)
         log.info("stopped")
+
+    def write_pid(self) -> None:
+        path = self.settings.path(self.settings.server.pid_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
+        self._pid_written = path
 
 
 async def serve(settings: Settings) -> int:
     app = App(settings)
     await app.start()
+    app.write_pid()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("ready", listeners={k: f"{h}:{p}" for k, (h, p) in app.bound.items()})
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload("SIGHUP")))
+    log.info("ready", listeners={k: f"{h}:{p}" for k, (h, p) in app.bound.items()}, pid=os.getpid())
     await stop.wait()
-    log.info("stopping")
+    log.info("stopping", grace_seconds=settings.limits.shutdown_grace_seconds)
     await app.stop()
     return 0
 

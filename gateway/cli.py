@@ -41,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     index = load_rules(s.rules_dir)
     summary = {
         "config": str(args.config),
-        "database": s.database_url,
+        "database": _safe_url(s.database_url),
         "rules": list(index.files),
         "organisations": {
             o.id: {"users": len(o.users), "pipelines": len(o.pipelines),
@@ -54,6 +54,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(f"{args.config}: OK ({len(index.files)} rule files, {len(index.orgs)} organisations)")
     return EXIT_OK
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
 
 
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -96,6 +105,9 @@ def cmd_dropbox(args: argparse.Namespace) -> int:
     org = index.orgs[user.org_id]
     if args.dropbox_command == "regenerate":
         token = repo.regenerate_dropbox(engine, org.id, user.id)
+        from gateway.app import write_postfix_map
+
+        write_postfix_map(_settings(args), engine, index)  # the old address leaves Postfix's map too
     else:
         token = repo.dropbox_token(engine, org.id, user.id)
     address = dropbox_address(token, org.gateway_domain)
@@ -273,6 +285,52 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    import signal
+
+    from gateway.rules.loader import load_rules
+
+    s = _settings(args)
+    load_rules(s.rules_dir)  # refuse to signal a reload that would fail (errors name file:line)
+    pid_file = s.path(s.server.pid_file)
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise LookupError(f"no running gateway found through {pid_file}: {exc}") from exc
+    if args.json:
+        _print_json({"ok": True, "pid": pid, "rules": "valid"})
+    else:
+        print(f"rules valid; reload signalled to gateway pid {pid}")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.explain import explain, render
+
+    _, engine, index = _open(args)
+    raw = sys.stdin.buffer.read() if str(args.message) == "-" else Path(args.message).read_bytes()
+    report = explain(engine, index, raw, args.rcpt, args.sender or "")
+    if args.json:
+        _print_json(report)
+    else:
+        print(render(report))
+    return EXIT_OK
+
+
+def cmd_postfix_maps(args: argparse.Namespace) -> int:
+    from gateway.postfix import recipients, render, write_map
+
+    s, engine, index = _open(args)
+    target = args.output or (str(s.path(s.postfix.recipient_map)) if s.postfix.recipient_map else "-")
+    if target == "-":
+        sys.stdout.write(render(recipients(engine, index)))
+        return EXIT_OK
+    count = write_map(Path(target), engine, index, s.postfix.postmap_command)
+    print(f"wrote {count} addresses to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
     common = argparse.ArgumentParser(add_help=False)
@@ -343,6 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--org", help="only this organisation")
     q.add_argument("--json", action="store_true", help="print as JSON")
     q.set_defaults(func=cmd_quota)
+
+    p = sub.add_parser("reload", parents=[common], help="validate rules/ and make the running daemon reload them (SIGHUP)")
+    p.add_argument("--json", action="store_true", help="print {ok, pid, rules}")
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("explain", parents=[common],
+                       help="tell what the gateway would do with a message, per recipient; writes nothing")
+    p.add_argument("message", metavar="MESSAGE.eml", help="the message file (- for standard input)")
+    p.add_argument("--rcpt", action="append", required=True, metavar="ADDR", help="an envelope recipient (repeatable)")
+    p.add_argument("--from", dest="sender", metavar="ADDR", help="the envelope sender (default: the null sender <>)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("postfix-maps", parents=[common],
+                       help="write the valid recipients (aliases, live dropboxes) as a Postfix map")
+    p.add_argument("--output", metavar="FILE", help="where to write (default: postfix.recipient_map, else stdout; - for stdout)")
+    p.set_defaults(func=cmd_postfix_maps)
 
     p = sub.add_parser("passwd", parents=[common], help="read a password (stdin or prompt) and print its scrypt hash for the rules")
     p.set_defaults(func=cmd_passwd)

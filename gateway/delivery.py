@@ -14,7 +14,7 @@ from typing import Any, Callable
 import sqlalchemy.exc
 from sqlalchemy import Engine
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
 from gateway.ingest import dropbox, email_in
 from gateway.ingest.parse import ParsedMessage, parse_message
@@ -45,6 +45,10 @@ class Gateway:
         self.engine = engine
         self._rules = rules
         self.pool = pool
+        # Set on SIGTERM: new commands get 421 4.3.2.
+        self.stopping = False
+        # Transactions between 354 and their last reply (the stop waits for them).
+        self.in_flight = 0
         # The filing function of each kind of route.
         self.filers: dict[type, Callable[..., repo.FilingResult]] = {
             DropboxRoute: lambda rules, route, parsed, sender: dropbox.file(self.engine, rules, route, parsed, sender),
@@ -66,12 +70,20 @@ class Gateway:
             return dropbox_route(rules, found.org_id, user_id)
         return found
 
+    def route_now(self, rules: RuleIndex, address: str) -> Route | None:
+        """route_for, blocking (for `gateway explain`)."""
+        found = classify(rules, address)
+        if isinstance(found, DropboxCandidate):
+            return dropbox_route(rules, found.org_id, guarded(repo.dropbox_owner)(self.engine, found.org_id, found.token))
+        return found
+
     async def deliver(
         self, rules: RuleIndex, routes: list[Route], raw: bytes, envelope_sender: str
     ) -> list[Reply]:
         started = time.monotonic()
         try:
-            parsed: ParsedMessage = await self.pool.run(parse_message, raw, big=len(raw) > BIG_MESSAGE_BYTES)
+            with metrics.timed(metrics.processing_duration, stage="parse"):
+                parsed: ParsedMessage = await self.pool.run(parse_message, raw, big=len(raw) > BIG_MESSAGE_BYTES)
         except PermanentFailure as exc:
             log.info("message_unparseable", reason=exc.detail, size=len(raw))
             return [exc.reply] * len(routes)
@@ -86,7 +98,8 @@ class Gateway:
         filer = self.filers[type(route)]
         fields: dict[str, Any] = {"org": route.org_id, "route": route.kind}
         try:
-            result = await self.pool.run(guarded(filer), rules, route, parsed, envelope_sender)
+            with metrics.timed(metrics.processing_duration, stage="file"):
+                result = await self.pool.run(guarded(filer), rules, route, parsed, envelope_sender)
         except DeliveryFailure as exc:
             reply = exc.reply
             fields["reason"] = exc.detail
@@ -98,9 +111,11 @@ class Gateway:
                          duration_ms=_ms(started), **fields)
             return reply
         except Exception:
+            metrics.errors.labels(component="delivery").inc()
             log.exception("recipient_decision", outcome="deferred", code=451, status="4.3.0",
                           duration_ms=_ms(started), **fields)
             return REPLIES.internal_error
+        count_result(route, result)
         if result.duplicate:
             reply, outcome = REPLIES.duplicate, "duplicate"
         elif result.dropped:
@@ -123,6 +138,25 @@ class Gateway:
             **fields,
         )
         return reply
+
+
+def count_result(route: Route, result: repo.FilingResult) -> None:
+    """Metrics of what a filing created, how it threaded, whether it reopened."""
+    if result.duplicate:
+        return
+    pipeline = route.alias.pipeline if isinstance(route, AliasRoute) else ""
+    for person in result.people:
+        if person["action"] == "created":
+            metrics.created.labels(kind=person["kind"], pipeline=pipeline).inc()
+    decision = result.decision
+    if (decision.get("contact") or {}).get("action") == "created":
+        metrics.created.labels(kind="contact", pipeline=pipeline).inc()
+    if (decision.get("record") or {}).get("action") == "created":
+        metrics.created.labels(kind="record", pipeline=pipeline).inc()
+    if decision.get("thread"):
+        metrics.thread_decisions.labels(method=decision["thread"]["method"]).inc()
+    if (decision.get("stage_change") or {}).get("cause") == "reply":
+        metrics.reopens.labels(pipeline=pipeline).inc()
 
 
 def _ms(started: float) -> float:

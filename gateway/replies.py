@@ -14,12 +14,14 @@ class Reply:
     code: int
     status: str  # RFC 3463 enhanced status code
     text: str
+    # The catalogue name, a bounded metrics label (e.g. "no_such_user").
+    reason: str = ""
 
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"
 
     def with_text(self, text: str) -> "Reply":
-        return Reply(self.code, self.status, text)
+        return Reply(self.code, self.status, text, self.reason)
 
     @property
     def temporary(self) -> bool:
@@ -62,3 +64,6 @@ class _Catalogue:
 
 
 REPLIES = _Catalogue()
+for _name, _reply in list(vars(_Catalogue).items()):
+    if isinstance(_reply, Reply):
+        setattr(_Catalogue, _name, Reply(_reply.code, _reply.status, _reply.text, _name))

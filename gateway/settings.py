@@ -9,6 +9,7 @@ overridden per run from the environment (documented in the README):
     GATEWAY_SMTP_LISTEN        listeners.smtp        (host:port)
     GATEWAY_SUBMISSION_LISTEN  listeners.submission  (host:port)
     GATEWAY_RELAY_URL          relay.url             (smtp://host:port, smtps://, user:password@)
+    GATEWAY_METRICS_LISTEN     listeners.metrics     (host:port: /metrics, /healthz, /readyz)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ ENV_OVERRIDES = {
     "GATEWAY_SMTP_LISTEN": ("listeners", "smtp"),
     "GATEWAY_SUBMISSION_LISTEN": ("listeners", "submission"),
     "GATEWAY_RELAY_URL": ("relay", "url"),
+    "GATEWAY_METRICS_LISTEN": ("listeners", "metrics"),
 }
 
 DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
@@ -49,8 +51,10 @@ class Listeners(_Strict):
     smtp: str | None = "127.0.0.1:8025"
     # Authenticated submission of the CRM's outbound mail (relayed, DKIM-signed).
     submission: str | None = None
+    # Prometheus /metrics and the /healthz and /readyz probes.
+    metrics: str | None = None
 
-    @field_validator("lmtp", "smtp", "submission")
+    @field_validator("lmtp", "smtp", "submission", "metrics")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value in (None, "", "off"):
@@ -75,6 +79,10 @@ class Limits(_Strict):
     # How many messages over 1 MB are parsed at once (each costs ~8x its size).
     big_message_slots: int = Field(2, ge=1, le=64)
     session_timeout_seconds: float = Field(300.0, gt=0)
+    # On SIGTERM: how long transactions under way may take to finish.
+    shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
+    # Rule files are checked for changes this often (then reloaded, debounced).
+    rules_poll_seconds: float = Field(1.0, ge=0, le=3600)
 
 
 class Submission(_Strict):
@@ -110,6 +118,16 @@ class Logging(_Strict):
 
 class Server(_Strict):
     hostname: str = "gateway.localdomain"
+    # Written by `serve`, read by `gateway reload` (which sends SIGHUP).
+    pid_file: str = "var/gateway.pid"
+
+
+class Postfix(_Strict):
+    # The list of valid recipients for Postfix (relay_recipient_maps), rewritten on
+    # start, on every rules reload and after a dropbox regenerate.
+    recipient_map: str | None = None
+    # Run after writing the map; {file} is replaced by its path, e.g. "postmap lmdb:{file}".
+    postmap_command: str | None = None
 
 
 class Settings(_Strict):
@@ -121,6 +139,7 @@ class Settings(_Strict):
     logging: Logging = Logging()
     submission: Submission = Submission()
     relay: Relay = Relay()
+    postfix: Postfix = Postfix()
 
     # Filled in by load(): where the file was, for resolving relative paths.
     base_dir: Path = Path(".")
@@ -164,7 +183,7 @@ def load(path: str | Path, environ: dict[str, str] | None = None) -> Settings:
         value = environ.get(var)
         if value is None or value == "":
             continue
-        if key in ("lmtp", "smtp", "submission") and value not in ("off",):
+        if key in ("lmtp", "smtp", "submission", "metrics") and value not in ("off",):
             try:
                 parse_listen(value)
             except ValueError as exc:

@@ -101,6 +101,7 @@ class Gateway:
             "GATEWAY_LMTP_LISTEN": "127.0.0.1:0",
             "GATEWAY_SMTP_LISTEN": "127.0.0.1:0",
             "GATEWAY_SUBMISSION_LISTEN": "127.0.0.1:0",
+            "GATEWAY_METRICS_LISTEN": "127.0.0.1:0",
             "GATEWAY_RELAY_URL": relay_url,
         }
         self.thread: ServerThread | None = None

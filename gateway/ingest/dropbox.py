@@ -64,7 +64,7 @@ def file(engine: Engine, index: RuleIndex, route: DropboxRoute, parsed: ParsedMe
     decision = plan(index, route, parsed, envelope_sender)
     user = route.user
     people = [repo.PersonWanted(a, _SEARCH[user.search], user.creates) for a in decision["customers"]]
-    return repo.file_message(
+    result = repo.file_message(
         engine,
         org_id=route.org_id,
         route=route.key,
@@ -75,3 +75,5 @@ def file(engine: Engine, index: RuleIndex, route: DropboxRoute, parsed: ParsedMe
         people=people,
         decision=decision,
     )
+    result.decision = {**decision, "people": result.people}
+    return result

@@ -3,13 +3,14 @@ and Gateway outcomes into replies from the catalogue."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway import logs
+from gateway import logs, metrics
 from gateway.delivery import Gateway
 from gateway.errors import DeliveryFailure
 from gateway.replies import REPLIES, Reply
@@ -29,15 +30,63 @@ def _session_id(session: Session) -> str:
     return sid
 
 
+def outcome_of(reply: Reply) -> str:
+    if reply.temporary:
+        return "deferred"
+    if reply.permanent:
+        return "rejected"
+    return {"filed": "filed", "duplicate": "duplicate", "dropped": "dropped", "relayed": "relayed",
+            "already_relayed": "relayed"}.get(reply.reason, "accepted")
+
+
 class Handler:
     def __init__(self, gateway: Gateway, *, listener: str, data_limit: int, max_recipients: int):
         self.gateway = gateway
         self.listener = listener
         self.data_limit = data_limit
         self.max_recipients = max_recipients
+        self.connections: set[Any] = set()
+
+    # --- sessions, stop, metrics ---------------------------------------------------------
+
+    def opened(self, protocol: Any) -> None:
+        self.connections.add(protocol)
+        metrics.sessions.labels(listener=self.listener).inc()
+        metrics.sessions_active.labels(listener=self.listener).inc()
+
+    def closed(self, protocol: Any) -> None:
+        self.connections.discard(protocol)
+        metrics.sessions_active.labels(listener=self.listener).dec()
+
+    def close_all(self) -> None:
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.close()
+
+    async def refuse_stopping(self, server: Any) -> None:
+        """421 4.3.2 and close: we are shutting down (RFC 5321 3.8)."""
+        await server.push(str(REPLIES.busy))
+        if server.transport is not None:
+            server.transport.close()
+
+    def _stopping_reply(self, server: Any) -> str:
+        asyncio.get_running_loop().call_soon(lambda: server.transport and server.transport.close())
+        return str(REPLIES.busy)
+
+    def count_replies(self, stage: str, replies: list[Reply]) -> None:
+        for reply in replies:
+            metrics.recipient_decisions.labels(listener=self.listener, stage=stage, outcome=outcome_of(reply),
+                                               reason=reply.reason or "other").inc()
+
+    def message_received(self, size: int) -> None:
+        metrics.message_size.labels(listener=self.listener).observe(size)
+
+    # --- hooks ---------------------------------------------------------------------------
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
+        if self.gateway.stopping:
+            return [self._stopping_reply(server)]
         session.host_name = hostname
         # RFC 1870 SIZE, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES.
         head, rest = responses[:1], [r for r in responses[1:] if not r.startswith("250-SIZE")]
@@ -46,6 +95,8 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        if self.gateway.stopping:
+            return self._stopping_reply(server)
         for option in mail_options:
             key, _, value = option.partition("=")
             if key == "SIZE" and value.isdigit() and int(value) > self.data_limit:
@@ -63,28 +114,39 @@ class Handler:
                           rcpt_options: list[str]) -> str:
         structlog.contextvars.bind_contextvars(session_id=_session_id(session),
                                                queue_id=getattr(envelope, "queue_id", None))
+        if self.gateway.stopping:
+            return self._stopping_reply(server)
+        reply = await self._rcpt(envelope, address)
+        self.count_replies("rcpt", [reply])
+        return str(reply)
+
+    async def _rcpt(self, envelope: Envelope, address: str) -> Reply:
         if len(envelope.rcpt_tos) >= self.max_recipients:
-            return str(REPLIES.too_many_recipients)
+            log.info("recipient_decision", stage="rcpt", outcome="deferred", code=452, status="4.5.3")
+            return REPLIES.too_many_recipients
         try:
             route = await self.gateway.route_for(envelope.rules, address)  # type: ignore[attr-defined]
         except DeliveryFailure as exc:
-            log.warning("recipient_lookup_failed", reason=exc.detail, code=exc.reply.code)
-            return str(exc.reply)
+            log.warning("recipient_decision", stage="rcpt", outcome="deferred", code=exc.reply.code,
+                        status=exc.reply.status, reason=exc.detail)
+            return exc.reply
         if route is None:
             # Unknown, regenerated away, or a user without the permission: the same
             # answer for all, so the reply reveals nothing (SPEC 2.1, 2.2).
             log.info("recipient_decision", stage="rcpt", outcome="rejected", code=550, status="5.1.1")
-            return str(REPLIES.no_such_user)
+            return REPLIES.no_such_user
         envelope.rcpt_tos.append(address)
         envelope.routes.append(route)  # type: ignore[attr-defined]
-        return str(REPLIES.recipient_ok)
+        return REPLIES.recipient_ok
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         qid = getattr(envelope, "queue_id", "")
         structlog.contextvars.bind_contextvars(session_id=_session_id(session), queue_id=qid)
         raw = envelope.original_content or b""
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
-        replies = await self.gateway.deliver(envelope.rules, envelope.routes, raw, sender)  # type: ignore[attr-defined]
+        with metrics.timed(metrics.processing_duration, stage="data"):
+            replies = await self.gateway.deliver(envelope.rules, envelope.routes, raw, sender)  # type: ignore[attr-defined]
+        self.count_replies("data", replies)
         replies = [_with_queue_id(r, qid) for r in replies]
         if getattr(server, "lmtp", False):
             # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
@@ -93,6 +155,7 @@ class Handler:
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is a permanent 500; a retry may well save the mail.
+        metrics.errors.labels(component="smtp").inc()
         log.error("session_error", error=type(error).__name__, exc_info=error)
         return str(REPLIES.internal_error)
 

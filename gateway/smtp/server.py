@@ -76,9 +76,22 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
 
 
 class _DataMixin:
-    """Replaces smtp_DATA for both SMTP and LMTP."""
+    """Replaces smtp_DATA for SMTP, LMTP and submission; counts sessions."""
 
     lmtp = False
+    _counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        if not self._counted:  # STARTTLS makes a second connection_made
+            self._counted = True
+            self.event_handler.opened(self)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.event_handler.closed(self)  # type: ignore[attr-defined]
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def per_recipient(self, reply: Reply | str, count: int) -> str:
         """One reply for SMTP; one per accepted recipient for LMTP."""
@@ -99,25 +112,35 @@ class _DataMixin:
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")  # type: ignore[attr-defined]
             return
+        handler = self.event_handler  # type: ignore[attr-defined]
+        if handler.gateway.stopping:
+            await handler.refuse_stopping(self)
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")  # type: ignore[attr-defined]
         count = len(envelope.rcpt_tos)
+        handler.gateway.in_flight += 1
         try:
-            data = await read_data(self._reader, self.data_limit)  # type: ignore[attr-defined]
-        except MessageTooBig:
-            log.info("message over size limit refused during DATA")
+            try:
+                data = await read_data(self._reader, self.data_limit)  # type: ignore[attr-defined]
+            except MessageTooBig:
+                log.info("message over size limit refused during DATA")
+                handler.count_replies("data", [REPLIES.too_big] * count)
+                self._set_post_data_state()  # type: ignore[attr-defined]
+                await self.push(self.per_recipient(REPLIES.too_big, count))  # type: ignore[attr-defined]
+                return
+            envelope.content = envelope.original_content = data
+            handler.message_received(len(data))
+            try:
+                status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handler failed during DATA")
+                status = self.per_recipient(REPLIES.internal_error, count)
             self._set_post_data_state()  # type: ignore[attr-defined]
-            await self.push(self.per_recipient(REPLIES.too_big, count))  # type: ignore[attr-defined]
-            return
-        envelope.content = envelope.original_content = data
-        try:
-            status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("handler failed during DATA")
-            status = self.per_recipient(REPLIES.internal_error, count)
-        self._set_post_data_state()  # type: ignore[attr-defined]
-        await self.push(status)  # type: ignore[attr-defined]
+            await self.push(status)  # type: ignore[attr-defined]
+        finally:
+            handler.gateway.in_flight -= 1
 
 
 class GatewaySMTP(_DataMixin, SMTP):

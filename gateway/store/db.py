@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterator
 
@@ -83,12 +84,26 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+# Set by `gateway explain`: the very same filing code runs, and its transaction is
+# rolled back instead of committed, so nothing is written.
+DRY_RUN: ContextVar[bool] = ContextVar("gateway_dry_run", default=False)
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: committed on success, rolled back on error."""
+    """A transaction that will write: committed on success, rolled back on error
+    (and always rolled back in a dry run)."""
     with engine.connect().execution_options(write=True) as conn:
-        with conn.begin():
+        trans = conn.begin()
+        try:
             yield conn
+        except BaseException:
+            trans.rollback()
+            raise
+        if DRY_RUN.get():
+            trans.rollback()
+        else:
+            trans.commit()
 
 
 def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]

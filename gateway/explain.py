@@ -1,0 +1,131 @@
+"""`gateway explain`: what the gateway would do with a message, per recipient, writing nothing.
+
+It runs the delivery code itself -- routing, the dropbox and email-in filers, thread
+matching, reopen -- inside transactions that are rolled back (store.db.DRY_RUN), so
+its answer and a real delivery of the same message cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+
+from gateway.delivery import Gateway, guarded
+from gateway.errors import DeliveryFailure, MalformedMessage
+from gateway.ingest.parse import parse_message
+from gateway.replies import REPLIES, Reply
+from gateway.routing import DropboxRoute
+from gateway.rules.index import RuleIndex
+from gateway.store.db import DRY_RUN
+from gateway.workers import WorkerPool
+
+
+def explain(engine: Engine, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
+    gateway = Gateway(engine, rules, WorkerPool(1, 1))
+    try:
+        parsed = parse_message(raw)
+    except MalformedMessage as exc:
+        return {"message": {"parsed": False, "reason": exc.detail},
+                "recipients": [_entry(r, None, exc.reply, {}) for r in rcpts]}
+    out = []
+    for rcpt in rcpts:
+        try:
+            route = gateway.route_now(rules, rcpt)
+        except DeliveryFailure as exc:
+            out.append(_entry(rcpt, None, exc.reply, {"reason": exc.detail}))
+            continue
+        if route is None:
+            out.append(_entry(rcpt, None, REPLIES.no_such_user, {"reason": "unknown address, regenerated dropbox "
+                                                                 "or a user without the dropbox permission"}))
+            continue
+        filer = gateway.filers[type(route)]
+        token = DRY_RUN.set(True)
+        try:
+            result = guarded(filer)(rules, route, parsed, envelope_sender)
+        except DeliveryFailure as exc:
+            out.append(_entry(rcpt, route, exc.reply, {"reason": exc.detail}))
+            continue
+        finally:
+            DRY_RUN.reset(token)
+        if result.duplicate:
+            reply, decision = REPLIES.duplicate, {"duplicate": True}
+        elif result.dropped:
+            reply, decision = REPLIES.dropped, result.decision
+        else:
+            reply, decision = REPLIES.filed, result.decision
+        out.append(_entry(rcpt, route, reply, _would(decision)))
+    return {
+        "message": {"parsed": True, "message_id": parsed.message_id, "subject": parsed.subject,
+                    "from": parsed.from_.address if parsed.from_ else None, "envelope_sender": envelope_sender},
+        "recipients": out,
+    }
+
+
+def _entry(rcpt: str, route: Any, reply: Reply, decision: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"rcpt": rcpt, "org": route.org_id if route else None,
+                             "route": route.kind if route else None}
+    if isinstance(route, DropboxRoute):
+        entry["user"] = route.user.email
+    elif route is not None:
+        entry["alias"] = route.alias.address
+        entry["pipeline"] = route.alias.pipeline
+    entry["decision"] = decision
+    entry["reply"] = str(reply)
+    return entry
+
+
+def _would(decision: dict[str, Any]) -> dict[str, Any]:
+    """Ids of things that would be created are not real (the transaction rolled back)."""
+    out = dict(decision)
+    if "people" in out:
+        out["people"] = [{k: v for k, v in p.items() if not (k == "id" and p["action"] == "created")}
+                         for p in out["people"]]
+    for key in ("contact", "record"):
+        if isinstance(out.get(key), dict) and out[key].get("action") == "created":
+            out[key] = {"action": "created"}
+    return out
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = []
+    msg = report["message"]
+    if not msg["parsed"]:
+        lines.append(f"message: cannot be parsed ({msg['reason']})")
+    else:
+        lines.append(f"message: {msg['message_id'] or '(no Message-ID)'}  from {msg['from']}  \"{msg['subject']}\"")
+    for r in report["recipients"]:
+        d = r["decision"]
+        lines.append(f"{r['rcpt']}")
+        if r["route"] is None:
+            lines.append(f"  route: none{' (' + d['reason'] + ')' if d.get('reason') else ''}")
+        elif r["route"] == "dropbox":
+            lines.append(f"  organisation {r['org']}, dropbox of {r['user']}")
+        else:
+            lines.append(f"  organisation {r['org']}, alias {r['alias']} -> pipeline {r['pipeline']}")
+        if "sender_check" in d:
+            lines.append(f"  sender {d['sender']}: {d['sender_check']}; search {d['search']}, creates {d['creates']}")
+        for p in d.get("people", []):
+            ident = f" {p['id']}" if "id" in p else ""
+            lines.append(f"  {p['address']}: {p['action']} {p['kind']}{ident}")
+        if d.get("noise"):
+            lines.append(f"  noise: {d['noise']}")
+        if "thread" in d:
+            t = d["thread"]
+            how = f" by {t['evidence']}" if t.get("evidence") else ""
+            lines.append(f"  thread: {t['method']}{how}" + (f" -> record {t['record_id']}" if t.get("record_id") else ""))
+            if t.get("token_ignored"):
+                lines.append(f"  token ignored: {t['token_ignored']}")
+        if d.get("contact"):
+            lines.append(f"  contact: {d['contact']['action']}" + (f" {d['contact']['id']}" if "id" in d["contact"] else ""))
+        if d.get("record"):
+            lines.append(f"  record: {d['record']['action']}" + (f" {d['record']['id']}" if "id" in d["record"] else ""))
+        if d.get("stage_change"):
+            c = d["stage_change"]
+            lines.append(f"  stage: {c['from'] or '-'} -> {c['to']} ({c['cause']})")
+        if d.get("duplicate"):
+            lines.append("  already filed: nothing new")
+        if d.get("reason") and r["route"] is not None:
+            lines.append(f"  reason: {d['reason']}")
+        lines.append(f"  reply: {r['reply']}")
+    return "\n".join(lines)
