@@ -27,12 +27,14 @@ from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
 log = logs.get("gateway.delivery")
 
 
-def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Database trouble of any kind is temporary: 451 4.3.0, the MTA retries."""
+def guarded(fn: Callable[..., Any], operation: str | None = None) -> Callable[..., Any]:
+    """Database work, timed; trouble of any kind is temporary: 451 4.3.0, the MTA retries."""
+    histogram = metrics.db_duration.labels(operation=operation or fn.__name__)
 
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with histogram.time():
+                return fn(*args, **kwargs)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
             raise TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}") from exc
@@ -51,9 +53,15 @@ class Gateway:
         self.in_flight = 0
         # The filing function of each kind of route.
         self.filers: dict[type, Callable[..., repo.FilingResult]] = {
-            DropboxRoute: lambda rules, route, parsed, sender: dropbox.file(self.engine, rules, route, parsed, sender),
-            AliasRoute: lambda rules, route, parsed, sender: email_in.file(self.engine, rules, route, parsed, sender),
+            DropboxRoute: self._file_dropbox,
+            AliasRoute: self._file_alias,
         }
+
+    def _file_dropbox(self, rules: RuleIndex, route: DropboxRoute, parsed: ParsedMessage, sender: str) -> repo.FilingResult:
+        return dropbox.file(self.engine, rules, route, parsed, sender)
+
+    def _file_alias(self, rules: RuleIndex, route: AliasRoute, parsed: ParsedMessage, sender: str) -> repo.FilingResult:
+        return email_in.file(self.engine, rules, route, parsed, sender)
 
     @property
     def rules(self) -> RuleIndex:

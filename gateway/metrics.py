@@ -13,10 +13,12 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from gateway import __version__
 
+# No *_created series: they double every counter for little use.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 20971520)

@@ -150,6 +150,9 @@ def test_quota_limit_at_rcpt_with_local_reset_time(gwr, sink):
         assert [c for c, _ in codes[:50]] == [250] * 50
         code, text = codes[50]
         assert code == 451 and text.startswith(b"4.7.1")
+        from gateway import metrics
+
+        assert metrics.quota_refusals.labels(org="lumen", **{"class": "individual"})._value.get() >= 2
         assert b"limit of 50 reached for lumen" in text and b"Europe/Berlin" in text and b"00:00 CE" in text
         assert client.data(message(frm="owner@lumen.example", to="r0@customer.example"))[0] == 250
     assert len(sink.messages) == 1 and len(sink.messages[0][1]) == 50
@@ -175,6 +178,10 @@ def test_header_moves_tokens_to_bulk(gwr, sink):
 @pytest.mark.parametrize("mode, code, status", [("tempfail", 451, b"4.4.1"), ("permfail", 554, b"5.7.1"),
                                                 ("down", 451, b"4.4.1")])
 def test_smarthost_failures_return_tokens(gwr, sink, mode, code, status):
+    from gateway import metrics
+
+    outcome = "deferred" if code == 451 else "refused"
+    before = metrics.relay_attempts.labels(outcome=outcome)._value.get()
     if mode == "down":
         sink.stop()
     else:
@@ -183,6 +190,7 @@ def test_smarthost_failures_return_tokens(gwr, sink, mode, code, status):
     assert tx.codes == [code] and tx.data[0][1].startswith(status)
     assert quota_used(gwr, "zylker") == 0
     assert gwr.export()["emails"] == []
+    assert metrics.relay_attempts.labels(outcome=outcome)._value.get() == before + 1
     if mode == "down":
         sink.start()
 

@@ -48,14 +48,22 @@ def test_serve_files_a_bcc_mail_and_stops_on_sigterm(config_dir, database_url):
                               "--config", config], env=env, capture_output=True, text=True, check=True).stdout.strip()
         with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as client:
             # The MTA hands over the Bcc recipient only; To: is the customer.
-            refused = client.sendmail("hashimoto@zylker.example", [box], message(to="charless@zillum.com"))
-        assert refused == {}
+            client.ehlo()
+            client.mail("hashimoto@zylker.example")
+            client.rcpt(box)
+            code, reply = client.data(message(to="charless@zillum.com", subject="Top secret offer"))
+        assert code == 250
+        queue_id = reply.decode().rsplit("queue id ", 1)[1].rstrip(")")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
+    assert "Top secret" not in err.decode()  # no subjects or bodies at info level
     events = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
-    assert any(e["event"] == "recipient_decision" and e.get("outcome") == "filed" for e in events)
+    (filed,) = [e for e in events if e["event"] == "recipient_decision" and e.get("outcome") == "filed"]
+    assert filed["queue_id"] == queue_id  # the MTA logs the same id from our 250 reply
+    assert {"session_id", "org", "route", "code", "status", "duration_ms", "email_id", "level", "timestamp"} <= set(filed)
+    assert (filed["org"], filed["route"], filed["code"]) == ("zylker", "dropbox", 250)
     assert any(e["event"] == "stopped" for e in events)
     doc = json.loads(subprocess.run([sys.executable, "-m", "gateway", "export", "--config", config], env=env,
                                     capture_output=True, check=True).stdout)

@@ -59,9 +59,13 @@ class Handler:
         metrics.sessions_active.labels(listener=self.listener).dec()
 
     def close_all(self) -> None:
+        """At stop, after the grace period: 421 to every session still open, then close
+        (RFC 5321 3.8; the client retries whatever it had not seen a 250 for)."""
         for protocol in list(self.connections):
-            if protocol.transport is not None:
-                protocol.transport.close()
+            transport = protocol.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(f"{REPLIES.busy}\r\n".encode())
+                transport.close()
 
     async def refuse_stopping(self, server: Any) -> None:
         """421 4.3.2 and close: we are shutting down (RFC 5321 3.8)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from gateway import logs, passwords, quota
+from gateway import logs, metrics, passwords, quota
 from gateway.addresses import domain_of, normalise
 from gateway.delivery import Gateway, guarded
 from gateway.errors import DeliveryFailure, MalformedMessage, TemporaryFailure
@@ -127,21 +127,26 @@ class SubmissionHandler(Handler):
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        reply = await self._reserve(envelope, address)
+        self.count_replies("rcpt", [reply])
+        return str(reply)
+
+    async def _reserve(self, envelope: Envelope, address: str) -> Reply:
         if len(envelope.rcpt_tos) >= self.max_recipients:
-            return str(REPLIES.too_many_recipients)
+            return REPLIES.too_many_recipients
         org = envelope.rules.orgs[envelope.login.org_id]  # type: ignore[attr-defined]
         try:
             taken = await self.gateway.pool.run(guarded(quota.reserve), self.gateway.engine, org,
                                                 envelope.mail_class, 1)  # type: ignore[attr-defined]
         except DeliveryFailure as exc:
-            return str(exc.reply)
+            return exc.reply
         if taken is None:
-            reply = _quota_reply(org, envelope.mail_class)  # type: ignore[attr-defined]
+            metrics.quota_refusals.labels(org=org.id, **{"class": envelope.mail_class}).inc()  # type: ignore[attr-defined]
             log.info("quota_refused", org=org.id, mail_class=envelope.mail_class, code=451)  # type: ignore[attr-defined]
-            return str(reply)
+            return _quota_reply(org, envelope.mail_class)  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         envelope.reservations.append(taken)  # type: ignore[attr-defined]
-        return str(REPLIES.recipient_ok)
+        return REPLIES.recipient_ok
 
     # --- DATA ---------------------------------------------------------------------------
 
@@ -160,6 +165,7 @@ class SubmissionHandler(Handler):
         unsettled = getattr(envelope, "reservations", [])
         envelope.reservations = []  # type: ignore[attr-defined]
         await self._release(unsettled)
+        self.count_replies("data", [reply])
         return str(reply.with_text(f"{reply.text} (queue id {qid})") if reply.ok else reply)
 
     async def _submit(self, envelope: Envelope) -> Reply:
@@ -197,7 +203,10 @@ class SubmissionHandler(Handler):
         except signing.DkimKeyError as exc:
             raise TemporaryFailure(REPLIES.internal_error,
                                    f"{exc}; create it with: gateway dkim keygen {key.domain} --selector {key.selector}") from exc
-        outcome = await relay(self.smarthost, envelope.mail_from or "", list(envelope.rcpt_tos), signed + message)
+        with metrics.timed(metrics.processing_duration, stage="relay"), metrics.timed(metrics.relay_duration):
+            outcome = await relay(self.smarthost, envelope.mail_from or "", list(envelope.rcpt_tos), signed + message)
+        metrics.relay_attempts.labels(outcome="relayed" if outcome.ok else
+                                      "deferred" if outcome.reply.temporary else "refused").inc()
         decision = {
             "route": "relay", "login": login.username, "class": envelope.mail_class,  # type: ignore[attr-defined]
             "thread": ({"method": record.method, "evidence": record.evidence, "record_id": record.id}
