@@ -91,7 +91,11 @@ class App:
         rules = await loop.run_in_executor(None, load_and_sync, s, self.engine)
         metrics.rule_reloads.labels(result="ok").inc()
         metrics.rules_last_reload.set(time.time())
-        self.gateway = Gateway(self.engine, rules, self.pool)
+        from gateway.delivery import ConnectionLimits
+
+        self.gateway = Gateway(self.engine, rules, self.pool,
+                               ConnectionLimits(s.limits.max_connections, s.limits.max_connections_per_client),
+                               quarantine_after=s.limits.quarantine_after_attempts)
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
                 continue

@@ -331,6 +331,33 @@ def cmd_postfix_maps(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from gateway import quarantine
+    from gateway.delivery import Gateway
+    from gateway.workers import WorkerPool
+
+    _, engine, index = _open(args)
+    if args.quarantine_command == "list":
+        rows = quarantine.listing(engine, args.org)
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("quarantine is empty")
+        for r in rows if not args.json else []:
+            state = f"replayed {r['replayed_at']} as email {r['email_id']}" if r["replayed_at"] else "waiting"
+            print(f"{r['id']:>5}  {r['created_at']}  {r['org']}  {r['recipient']}  {r['message_key'][:60]}  "
+                  f"attempts {r['attempts']}  {state}\n       error: {r['error'][:200]}")
+        return EXIT_OK
+    result = quarantine.replay(engine, index, Gateway(engine, index, WorkerPool(1, 1)), args.id)
+    if args.json:
+        _print_json(result)
+    else:
+        what = "already filed before" if result["duplicate"] else (
+            "dropped (noise)" if result["dropped"] else f"filed as email {result['email_id']}")
+        print(f"quarantined message {args.id}: {what}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
     common = argparse.ArgumentParser(add_help=False)
@@ -418,6 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the valid recipients (aliases, live dropboxes) as a Postfix map")
     p.add_argument("--output", metavar="FILE", help="where to write (default: postfix.recipient_map, else stdout; - for stdout)")
     p.set_defaults(func=cmd_postfix_maps)
+
+    p = sub.add_parser("quarantine", help="messages kept after repeated internal errors")
+    qsub = p.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    q = qsub.add_parser("list", parents=[common], help="list quarantined messages")
+    q.add_argument("--org", help="only this organisation")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+    q.set_defaults(func=cmd_quarantine)
+    q = qsub.add_parser("replay", parents=[common], help="file a quarantined message now (after fixing the cause)")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("--json", action="store_true", help="print {id, email_id, duplicate, dropped}")
+    q.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("passwd", parents=[common], help="read a password (stdin or prompt) and print its scrypt hash for the rules")
     p.set_defaults(func=cmd_passwd)

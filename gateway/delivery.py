@@ -42,8 +42,33 @@ def guarded(fn: Callable[..., Any], operation: str | None = None) -> Callable[..
     return run
 
 
+class ConnectionLimits:
+    """Sessions at once, in all and per client address (all listeners together)."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total_limit, self.per_client_limit = total, per_client
+        self.total = 0
+        self.by_client: dict[str, int] = {}
+
+    def open(self, peer: str) -> Reply | None:
+        self.total += 1
+        count = self.by_client[peer] = self.by_client.get(peer, 0) + 1
+        if self.total > self.total_limit or count > self.per_client_limit:
+            return REPLIES.too_many_connections
+        return None
+
+    def close(self, peer: str) -> None:
+        self.total -= 1
+        left = self.by_client.get(peer, 1) - 1
+        if left > 0:
+            self.by_client[peer] = left
+        else:
+            self.by_client.pop(peer, None)
+
+
 class Gateway:
-    def __init__(self, engine: Engine, rules: RuleIndex, pool: WorkerPool):
+    def __init__(self, engine: Engine, rules: RuleIndex, pool: WorkerPool,
+                 connections: ConnectionLimits | None = None, quarantine_after: int = 5):
         self.engine = engine
         self._rules = rules
         self.pool = pool
@@ -51,6 +76,8 @@ class Gateway:
         self.stopping = False
         # Transactions between 354 and their last reply (the stop waits for them).
         self.in_flight = 0
+        self.connections = connections or ConnectionLimits(500, 50)
+        self.quarantine_after = quarantine_after
         # The filing function of each kind of route.
         self.filers: dict[type, Callable[..., repo.FilingResult]] = {
             DropboxRoute: self._file_dropbox,
@@ -118,11 +145,11 @@ class Gateway:
                 log.info("recipient_decision", outcome="rejected", code=reply.code, status=reply.status,
                          duration_ms=_ms(started), **fields)
             return reply
-        except Exception:
+        except Exception as exc:
             metrics.errors.labels(component="delivery").inc()
             log.exception("recipient_decision", outcome="deferred", code=451, status="4.3.0",
                           duration_ms=_ms(started), **fields)
-            return REPLIES.internal_error
+            return await self._failed(route, parsed, envelope_sender, exc)
         count_result(route, result)
         if result.duplicate:
             reply, outcome = REPLIES.duplicate, "duplicate"
@@ -146,6 +173,27 @@ class Gateway:
             **fields,
         )
         return reply
+
+
+    async def _failed(self, route: Route, parsed: ParsedMessage, envelope_sender: str, exc: Exception) -> Reply:
+        """Our own error: 451 so the MTA retries -- until it has failed too often; then
+        the message goes whole into the quarantine and the MTA gets 250."""
+        from gateway import quarantine
+
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            attempts = await self.pool.run(guarded(quarantine.count_failure), self.engine, route.org_id,
+                                           route.key, parsed, error)
+            if attempts < self.quarantine_after:
+                return REPLIES.internal_error
+            kept = await self.pool.run(guarded(quarantine.keep), self.engine, route.org_id, route, parsed,
+                                       envelope_sender, attempts, error)
+        except DeliveryFailure:
+            return REPLIES.internal_error
+        metrics.quarantined.labels(route=route.kind).inc()
+        log.error("quarantined", org=route.org_id, route=route.kind, attempts=attempts, quarantine_id=kept,
+                  error=error[:300])
+        return REPLIES.quarantined
 
 
 def count_result(route: Route, result: repo.FilingResult) -> None:

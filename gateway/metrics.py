@@ -59,6 +59,9 @@ db_duration = Histogram("gateway_db_operation_duration_seconds", "Duration of da
                         ["operation"], buckets=_TIME_BUCKETS, registry=REGISTRY)
 errors = Counter("gateway_errors_total", "Unexpected errors, by component",
                  ["component"], registry=REGISTRY)
+quarantined = Counter("gateway_quarantined_total",
+                      "Messages put in the quarantine after repeated internal errors, by route kind",
+                      ["route"], registry=REGISTRY)
 rule_reloads = Counter("gateway_rule_reloads_total", "Rule reloads by result (ok|failed)",
                        ["result"], registry=REGISTRY)
 for _result in ("ok", "failed"):  # both series exist from the start, so increase() sees the first failure

@@ -50,6 +50,9 @@ class _Catalogue:
     internal_error = Reply(451, "4.3.0", "Temporary internal error, try again later")
     database_unavailable = Reply(451, "4.3.0", "Storage temporarily unavailable, try again later")
     busy = Reply(421, "4.3.2", "Service shutting down, try again later")
+    too_many_connections = Reply(421, "4.7.0", "Too many connections, try again later")
+    timeout = Reply(421, "4.4.2", "Idle timeout, closing connection")
+    quarantined = Reply(250, "2.0.0", "Accepted into quarantine")
     # Submission and relay (issue 4).
     relayed = Reply(250, "2.0.0", "Relayed")
     already_relayed = Reply(250, "2.0.0", "Already relayed")

@@ -79,6 +79,12 @@ class Limits(_Strict):
     # How many messages over 1 MB are parsed at once (each costs ~8x its size).
     big_message_slots: int = Field(2, ge=1, le=64)
     session_timeout_seconds: float = Field(300.0, gt=0)
+    # Sessions at once, in all and per client address; beyond them 421 4.7.0.
+    max_connections: int = Field(500, ge=1, le=100000)
+    max_connections_per_client: int = Field(50, ge=1, le=100000)
+    # A message that fails with our own (internal) error this many times is kept whole
+    # in the quarantine and answered 250, so the MTA stops retrying it for days.
+    quarantine_after_attempts: int = Field(5, ge=1, le=1000)
     # On SIGTERM: how long transactions under way may take to finish.
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
     # Rule files are checked for changes this often (then reloaded, debounced).

@@ -36,7 +36,7 @@ def outcome_of(reply: Reply) -> str:
     if reply.permanent:
         return "rejected"
     return {"filed": "filed", "duplicate": "duplicate", "dropped": "dropped", "relayed": "relayed",
-            "already_relayed": "relayed"}.get(reply.reason, "accepted")
+            "already_relayed": "relayed", "quarantined": "quarantined"}.get(reply.reason, "accepted")
 
 
 class Handler:
@@ -49,14 +49,23 @@ class Handler:
 
     # --- sessions, stop, metrics ---------------------------------------------------------
 
-    def opened(self, protocol: Any) -> None:
+    def opened(self, protocol: Any) -> Reply | None:
+        """Count a new session; the refusal to give instead of a greeting, if any."""
         self.connections.add(protocol)
         metrics.sessions.labels(listener=self.listener).inc()
         metrics.sessions_active.labels(listener=self.listener).inc()
+        peer = protocol.session.peer[0] if protocol.session and protocol.session.peer else "?"
+        protocol.gateway_peer = peer
+        refusal = self.gateway.connections.open(peer)
+        if refusal is not None:
+            self.count_replies("connect", [refusal])
+            log.warning("connection_refused", listener=self.listener, reason=refusal.reason)
+        return refusal
 
     def closed(self, protocol: Any) -> None:
         self.connections.discard(protocol)
         metrics.sessions_active.labels(listener=self.listener).dec()
+        self.gateway.connections.close(getattr(protocol, "gateway_peer", "?"))
 
     def close_all(self) -> None:
         """At stop, after the grace period: 421 to every session still open, then close

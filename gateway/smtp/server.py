@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
@@ -32,11 +33,14 @@ class MessageTooBig(Exception):
     pass
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes:
+async def read_data(reader: asyncio.StreamReader, limit: int | None,
+                    on_progress: "Callable[[], None] | None" = None) -> bytes:
     """Read a DATA section up to and including the terminating line.
 
     Returns the dot-unstuffed message; raises MessageTooBig (after reading to the
     end) when it exceeds ``limit`` octets, holding no more than limit + one chunk.
+    ``on_progress`` is called per chunk (the session's idle timer restarts: RFC 5321
+    4.5.3.2.6 times each TCP send of a DATA block, not the whole message).
     """
     # A virtual CRLF in front lets one search find a terminator on the first line.
     buf = bytearray(b"\r\n")
@@ -46,6 +50,8 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None) -> bytes:
         chunk = await reader.read(_CHUNK)
         if not chunk:
             raise ConnectionResetError("connection closed during DATA")
+        if on_progress is not None:
+            on_progress()
         buf += chunk
         end = buf.find(_END, scan_from)
         if end >= 0:
@@ -80,18 +86,35 @@ class _DataMixin:
 
     lmtp = False
     _counted = False
+    _refusal: Reply | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
         if not self._counted:  # STARTTLS makes a second connection_made
             self._counted = True
-            self.event_handler.opened(self)  # type: ignore[attr-defined]
+            self._refusal = self.event_handler.opened(self)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._counted:
             self._counted = False
             self.event_handler.closed(self)  # type: ignore[attr-defined]
         super().connection_lost(exc)  # type: ignore[misc]
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            # Over the connection limits: 421 instead of the greeting (RFC 5321 3.1).
+            await self.push(str(self._refusal))  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
+            return
+        await super()._handle_client()  # type: ignore[misc]
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently; say why first (RFC 5321 4.5.3.2).
+        transport = self.transport  # type: ignore[attr-defined]
+        if transport is not None and not transport.is_closing():
+            transport.write(f"{REPLIES.timeout}\r\n".encode())
+        log.info("session idle timeout")
+        super()._timeout_cb()  # type: ignore[misc]
 
     def per_recipient(self, reply: Reply | str, count: int) -> str:
         """One reply for SMTP; one per accepted recipient for LMTP."""
@@ -121,7 +144,7 @@ class _DataMixin:
         handler.gateway.in_flight += 1
         try:
             try:
-                data = await read_data(self._reader, self.data_limit)  # type: ignore[attr-defined]
+                data = await read_data(self._reader, self.data_limit, self._reset_timeout)  # type: ignore[attr-defined]
             except MessageTooBig:
                 log.info("message over size limit refused during DATA")
                 handler.count_replies("data", [REPLIES.too_big] * count)

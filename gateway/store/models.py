@@ -227,6 +227,40 @@ class QuotaBucket(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class DeliveryFailure(Base):
+    """Internal errors per (organisation, route, message): after too many, quarantine."""
+
+    __tablename__ = "delivery_failures"
+    __table_args__ = (UniqueConstraint("org_id", "route", "message_key"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    route: Mapped[str] = mapped_column(String(100))
+    message_key: Mapped[str] = mapped_column(String(1000))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Quarantined(Base):
+    """A message kept whole because filing it kept failing with our own error."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("org_id", "route", "message_key"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    route: Mapped[str] = mapped_column(String(100))
+    # The alias address or the dropbox user's e-mail: how to find the route again.
+    route_ref: Mapped[str] = mapped_column(String(320))
+    message_key: Mapped[str] = mapped_column(String(1000))
+    envelope_sender: Mapped[str] = mapped_column(String(320))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    replay_email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)
+
+
 class Delivery(Base):
     """One accepted delivery to one route: the idempotency key and why it went so.
 

@@ -1,0 +1,303 @@
+"""The processes under test (gateway, sink) and what /proc says about them."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HOST = "127.0.0.1"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# --- /proc ------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    return status_kib(pid, "VmRSS") / 1024
+
+
+def hwm_mib(pid: int) -> float:
+    return status_kib(pid, "VmHWM") / 1024
+
+
+def reset_hwm(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux: ``echo 5 > /proc/PID/clear_refs``)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def system_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) seconds of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (parts + [0] * 8)[:8]
+    total = sum(parts[:8])
+    busy = total - idle - iowait - steal
+    return busy / CLK_TCK, steal / CLK_TCK, total / CLK_TCK
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def _wait_greeting(proc: subprocess.Popen, port: int, log: Path, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} on start:\n{tail(log)}")
+        try:
+            with socket.create_connection((HOST, port), timeout=2) as s:
+                s.settimeout(5)
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not greet on port {port} within {START_TIMEOUT:.0f} s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Server:
+    """A server process with an LMTP and an SMTP port."""
+
+    name = "server"
+    proc: subprocess.Popen | None = None
+    lmtp_port = 0
+    smtp_port = 0
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def port(self, listener: str) -> int:
+        return self.lmtp_port if listener == "lmtp" else self.smtp_port
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+class SinkServer(Server):
+    name = "sink"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.log = workdir / "sink.log"
+
+    def start(self) -> None:
+        self.lmtp_port, self.smtp_port = free_port(), free_port()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.bench.sink", "--lmtp", f"{HOST}:{self.lmtp_port}",
+                 "--smtp", f"{HOST}:{self.smtp_port}"],
+                cwd=REPO, env=_env({}), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _wait_greeting(self.proc, self.lmtp_port, self.log, "the sink")
+        _wait_greeting(self.proc, self.smtp_port, self.log, "the sink")
+
+    def rcpt(self) -> str:
+        return "someone@sink.bench.example"
+
+
+# --- databases --------------------------------------------------------------------------
+
+
+@dataclass
+class Database:
+    """A fresh database for one gateway process: a SQLite file, or a PostgreSQL schema."""
+
+    backend: str
+    url: str
+    admin_url: str | None = None
+    schema: str | None = None
+    path: Path | None = None
+
+    @classmethod
+    def sqlite(cls, workdir: Path) -> "Database":
+        path = workdir / f"gateway-{secrets.token_hex(4)}.db"
+        return cls("sqlite", f"sqlite:///{path}", path=path)
+
+    @classmethod
+    def postgresql(cls, admin_url: str) -> "Database":
+        import psycopg
+
+        schema = "bench_" + secrets.token_hex(5)
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        sep = "&" if "?" in admin_url else "?"
+        return cls("postgresql", f"{admin_url}{sep}options=-csearch_path%3D{schema}", admin_url=admin_url,
+                   schema=schema)
+
+    def count_emails(self) -> int | None:
+        try:
+            if self.backend == "sqlite":
+                assert self.path is not None
+                with sqlite3.connect(self.path, timeout=30) as conn:
+                    return conn.execute("SELECT count(*) FROM emails").fetchone()[0]
+            import psycopg
+
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:  # type: ignore[arg-type]
+                return conn.execute(f"SELECT count(*) FROM {self.schema}.emails").fetchone()[0]
+        except Exception as exc:  # a report, not a failure of the run
+            print(f"bench: could not count emails in {self.backend}: {exc}", file=sys.stderr)
+            return None
+
+    def size_mib(self) -> float | None:
+        try:
+            if self.backend == "sqlite":
+                assert self.path is not None
+                return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*")) / 2**20
+            import psycopg
+
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:  # type: ignore[arg-type]
+                row = conn.execute(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                    (self.schema,)).fetchone()
+                return row[0] / 2**20
+        except Exception:
+            return None
+
+    def drop(self) -> None:
+        if self.backend == "sqlite":
+            assert self.path is not None
+            for p in self.path.parent.glob(self.path.name + "*"):
+                p.unlink(missing_ok=True)
+            return
+        import psycopg
+
+        try:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:  # type: ignore[arg-type]
+                conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        except Exception as exc:
+            print(f"bench: could not drop schema {self.schema}: {exc}", file=sys.stderr)
+
+
+# --- the gateway ------------------------------------------------------------------------
+
+
+def prepare_config(workdir: Path) -> Path:
+    """A copy of the shipped gateway.toml (logging at warning) with rules/ and DKIM keys
+    beside it; returns the path of the copied gateway.toml."""
+    conf = workdir / "conf"
+    if (conf / "gateway.toml").exists():
+        return conf / "gateway.toml"
+    conf.mkdir(parents=True)
+    text = (REPO / "gateway.toml").read_text()
+    text, n = re.subn(r'(?m)^(\s*level\s*=\s*)"[a-z]+"', r'\1"warning"', text)
+    if n != 1:
+        text += '\n[logging]\nlevel = "warning"\n'  # pragma: no cover - layout changed
+    text = re.sub(r'(?m)^(\s*format\s*=\s*)"[a-z]+"', r'\1"json"', text)
+    (conf / "gateway.toml").write_text(text)
+    shutil.copytree(REPO / "rules", conf / "rules")
+    keys = REPO / "keys"
+    if keys.is_dir() and any(keys.glob("*.pem")):
+        shutil.copytree(keys, conf / "keys")
+    else:
+        from gateway import signing
+
+        for domain in ("zylker.example", "lumen.example"):
+            signing.generate_key(conf / "keys" / f"{domain}.gw2026.pem")
+    return conf / "gateway.toml"
+
+
+class GatewayServer(Server):
+    def __init__(self, workdir: Path, config: Path, database: Database):
+        self.workdir = workdir
+        self.config = config
+        self.database = database
+        self.name = f"gateway-{database.backend}"
+        self.log = workdir / f"{self.name}.log"
+        self.dropbox = ""
+
+    def env(self) -> dict[str, str]:
+        return _env({
+            "GATEWAY_DATABASE_URL": self.database.url,
+            "GATEWAY_LMTP_LISTEN": f"{HOST}:{self.lmtp_port}",
+            "GATEWAY_SMTP_LISTEN": f"{HOST}:{self.smtp_port}",
+            "GATEWAY_SUBMISSION_LISTEN": "off",
+            "GATEWAY_METRICS_LISTEN": "off",
+        })
+
+    def start(self) -> None:
+        self.lmtp_port, self.smtp_port = free_port(), free_port()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
+                cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _wait_greeting(self.proc, self.lmtp_port, self.log, self.name)
+        _wait_greeting(self.proc, self.smtp_port, self.log, self.name)
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway", "dropbox", "address", "hashimoto@zylker.example",
+             "--config", str(self.config)],
+            cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=120)
+        if out.returncode != 0 or "@" not in out.stdout:
+            raise RuntimeError(f"gateway dropbox address failed ({out.returncode}): {out.stdout}{out.stderr}")
+        self.dropbox = out.stdout.strip().splitlines()[-1].strip()
+
+    def rcpt(self) -> str:
+        return self.dropbox

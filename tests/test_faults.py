@@ -1,0 +1,352 @@
+"""Faults and limits: connection limits, idle timeout, quarantine, a locked or vanished
+database, SIGKILL under load, several instances on one database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import PG_URL, Gateway
+from tests.helpers import TcpProxy, message
+
+H = "hashimoto@zylker.example"
+
+
+def _edit(config_dir: Path, old: str, new: str) -> None:
+    conf = config_dir / "gateway.toml"
+    text = conf.read_text()
+    assert old in text, old
+    conf.write_text(text.replace(old, new))
+
+
+def _greeting(port: int) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock, sock.makefile("rb").readline()
+
+
+def test_connection_limits(config_dir, database_url):
+    _edit(config_dir, "workers = 4", "workers = 4\nmax_connections = 5\nmax_connections_per_client = 3")
+    g = Gateway(config_dir, database_url).start()
+    opened = []
+    try:
+        for _ in range(3):
+            sock, line = _greeting(g.lmtp_port)
+            opened.append(sock)
+            assert line.startswith(b"220")
+        sock, line = _greeting(g.lmtp_port)
+        opened.append(sock)
+        assert line.startswith(b"421 4.7.0")
+        # The per-client limit counts all listeners together.
+        sock, line = _greeting(g.smtp_port)
+        opened.append(sock)
+        assert line.startswith(b"421 4.7.0")
+        for s in opened:
+            s.close()
+        opened.clear()
+        time.sleep(0.3)
+        sock, line = _greeting(g.lmtp_port)
+        opened.append(sock)
+        assert line.startswith(b"220")  # closing sessions frees the slots
+    finally:
+        for s in opened:
+            s.close()
+        g.stop()
+
+
+def test_idle_timeout_and_slow_data(config_dir, database_url):
+    _edit(config_dir, "session_timeout_seconds = 300", "session_timeout_seconds = 1")
+    g = Gateway(config_dir, database_url).start()
+    try:
+        sock, line = _greeting(g.lmtp_port)
+        with sock:
+            f = sock.makefile("rb")
+            started = time.monotonic()
+            assert f.readline().startswith(b"421 4.4.2")
+            assert f.readline() == b""  # closed
+            assert time.monotonic() - started < 5
+        # A slow sender that keeps sending is not cut off: the timer restarts per chunk.
+        box = g.dropbox(H)
+        with socket.create_connection(("127.0.0.1", g.lmtp_port), timeout=30) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(f"LHLO t\r\nMAIL FROM:<{H}>\r\nRCPT TO:<{box}>\r\nDATA\r\n".encode())
+            lines = []
+            while not lines or not lines[-1].startswith(b"354"):
+                lines.append(f.readline())
+            data = message(subject="slow")
+            for i in range(0, len(data), len(data) // 5):
+                sock.sendall(data[i:i + len(data) // 5])
+                time.sleep(0.6)
+            sock.sendall(b".\r\n")
+            assert f.readline().startswith(b"250 2.0.0")
+    finally:
+        g.stop()
+
+
+def test_quarantine_after_repeated_internal_errors(gw):
+    from gateway.routing import DropboxRoute
+
+    box = gw.dropbox(H)
+    data = message(message_id="<poison@zylker.example>", to="p@customer.example")
+    real = gw.app.gateway.filers[DropboxRoute]
+
+    def broken(*args, **kwargs):  # a bug in our code that this message always hits
+        raise RuntimeError("boom")
+
+    gw.app.gateway.filers[DropboxRoute] = broken
+    try:
+        codes = [gw.lmtp(H, [box], data).data[0] for _ in range(5)]
+    finally:
+        gw.app.gateway.filers[DropboxRoute] = real
+    assert [c for c, _ in codes[:4]] == [451] * 4 and all(m.startswith(b"4.3.0") for _, m in codes[:4])
+    assert codes[4][0] == 250 and b"quarantine" in codes[4][1]
+    assert gw.count("emails") == 0
+    listed = json.loads(gw.cli("quarantine", "list", "--json").stdout)
+    assert len(listed) == 1 and listed[0]["attempts"] == 5 and "RuntimeError: boom" in listed[0]["error"]
+    assert listed[0]["recipient"] == H and listed[0]["replayed_at"] is None
+    # The cause is fixed (here: the real filer is back): replay files it, once.
+    out = json.loads(gw.cli("quarantine", "replay", str(listed[0]["id"]), "--json").stdout)
+    assert out["email_id"] and not out["duplicate"]
+    again = gw.cli("quarantine", "replay", str(listed[0]["id"]), check=False)
+    assert again.returncode == 1 and b"already replayed" in again.stderr
+    assert gw.count("emails") == 1
+    assert gw.export()["emails"][0]["message_id"] == "poison@zylker.example"
+    assert gw.lmtp(H, [box], data).codes == [250]  # the MTA's copy now counts as filed
+    assert gw.count("emails") == 1
+
+
+def test_database_unavailable_answers_451(gw):
+    """A database that cannot be written (here: a table gone) is 451 4.3.0, never 5xx,
+    and counts as infrastructure trouble, not as a poison message."""
+    import sqlalchemy as sa
+
+    box = gw.dropbox(H)
+    with gw.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE links RENAME TO links_away"))
+    try:
+        for _ in range(6):
+            assert gw.lmtp(H, [box], message(message_id="<db-down@zylker.example>")).codes == [451]
+    finally:
+        with gw.engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE links_away RENAME TO links"))
+    assert gw.count("quarantine") == 0
+    assert gw.lmtp(H, [box], message(message_id="<db-down@zylker.example>")).codes == [250]
+
+
+def test_sqlite_locked_answers_451(config_dir, tmp_path):
+    db_file = tmp_path / "locked.db"
+    _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 1")
+    g = Gateway(config_dir, f"sqlite:///{db_file}").start()
+    try:
+        box = g.dropbox(H)
+        holder = sqlite3.connect(db_file, timeout=1, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            tx = g.lmtp(H, [box], message(message_id="<locked@zylker.example>"))
+            assert tx.codes == [451] and tx.data[0][1].startswith(b"4.3.0")
+            assert time.monotonic() - started < 15
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert g.lmtp(H, [box], message(message_id="<locked@zylker.example>")).codes == [250]
+    finally:
+        g.stop()
+
+
+@pytest.mark.skipif(not PG_URL, reason="needs GATEWAY_TEST_DATABASE_URL (PostgreSQL)")
+def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
+    """PostgreSQL unreachable under load: 451s, no crash; back again: filing resumes
+    without a restart."""
+    import sqlalchemy as sa
+
+    from gateway.store import db
+
+    parts = urlsplit(PG_URL)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxy.start()
+    schema = "t_proxy_" + os.urandom(4).hex()
+    admin = sa.create_engine(db.normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    netloc = parts.netloc.replace(f":{parts.port}", "") if parts.port else parts.netloc
+    url = f"{parts.scheme}://{netloc.split('@')[0]}@127.0.0.1:{proxy.port}{parts.path}?options=-csearch_path%3D{schema}"
+    _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 2")
+    g = Gateway(config_dir, url).start()
+    try:
+        box = g.dropbox(H)
+        results: list[tuple[int, str]] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            i = 0
+            while not stop.is_set() and i < 400:
+                mid = f"<load-{threading.get_ident()}-{i}@zylker.example>"
+                try:
+                    tx = g.lmtp(H, [box], message(message_id=mid))
+                    # 451 at RCPT (the dropbox lookup) or after DATA (the filing).
+                    results.append((tx.codes[0] if tx.codes else tx.rcpt_codes[0], mid))
+                except (OSError, smtplib.SMTPException):
+                    results.append((-1, mid))
+                i += 1
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        proxy.stop()
+        time.sleep(3.0)
+        proxy.start()
+        time.sleep(3.0)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        codes = [c for c, _ in results]
+        assert 451 in codes and 250 in codes
+        assert set(codes) <= {250, 451}, sorted(set(codes))
+        # After the outage new mail is filed again by the same process.
+        assert g.lmtp(H, [box], message(message_id="<after@zylker.example>")).codes == [250]
+        filed = {e["message_id"] for e in g.export()["emails"]}
+        for code, mid in results:
+            if code == 250:
+                assert mid.strip("<>") in filed  # every 250 was committed
+    finally:
+        g.stop()
+        proxy.stop()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}",
+           "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off"}
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_dir / "gateway.toml")],
+                                env=env, stdout=subprocess.DEVNULL, stderr=f)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            socket.create_connection(("127.0.0.1", lmtp), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gateway did not start")
+
+
+def _deliver_until_250(port_of, box: str, data: bytes, deadline: float) -> int:
+    """An MTA: retry 4xx and broken connections until 250 (bounded in time)."""
+    attempts = 0
+    while time.monotonic() < deadline:
+        attempts += 1
+        try:
+            with smtplib.LMTP("127.0.0.1", port_of(), timeout=20) as client:
+                client.ehlo_or_helo_if_needed()
+                client.mail(H)
+                client.rcpt(box)
+                code, _ = client.data(data)
+                if code == 250:
+                    return attempts
+        except (OSError, smtplib.SMTPException):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("never filed")
+
+
+def test_sigkill_under_load_files_every_message_exactly_once(config_dir, database_url, tmp_path):
+    port = _free_port()
+    proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
+    box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", H, "--config",
+                          str(config_dir / "gateway.toml")], env={**os.environ, "GATEWAY_DATABASE_URL": database_url},
+                         capture_output=True, check=True).stdout.decode().strip()
+    messages = [message(message_id=f"<kill-{i}@zylker.example>", to=f"k{i % 7}@customer.example") for i in range(60)]
+    deadline = time.monotonic() + 120
+    killer_done = threading.Event()
+
+    def killer() -> None:
+        nonlocal proc
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        time.sleep(0.5)
+        proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
+        killer_done.set()
+
+    k = threading.Thread(target=killer)
+    k.start()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        attempts = list(pool.map(lambda m: _deliver_until_250(lambda: port, box, m, deadline), messages))
+    k.join(60)
+    assert killer_done.is_set()
+    proc.terminate()
+    proc.wait(60)
+    export = subprocess.run([sys.executable, "-m", "gateway", "export", "--config", str(config_dir / "gateway.toml")],
+                            env={**os.environ, "GATEWAY_DATABASE_URL": database_url}, capture_output=True, check=True)
+    doc = json.loads(export.stdout)
+    ids = [e["message_id"] for e in doc["emails"]]
+    assert sorted(ids) == sorted(f"kill-{i}@zylker.example" for i in range(60))  # each exactly once
+    assert len({p["email"] for p in doc["leads"]}) == len(doc["leads"]) == 7
+    assert max(attempts) >= 1
+
+
+def test_three_instances_same_new_customers_no_duplicates(config_dir, database_url, tmp_path):
+    ports = [_free_port() for _ in range(3)]
+    procs = [_serve(config_dir, database_url, ports[0], tmp_path / "s0.log")]
+    procs += [_serve(config_dir, database_url, p, tmp_path / f"s{n}.log") for n, p in enumerate(ports[1:], 1)]
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url}
+    conf = str(config_dir / "gateway.toml")
+    box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", H, "--config", conf], env=env,
+                         capture_output=True, check=True).stdout.decode().strip()
+    customers = [f"new{i}@customer.example" for i in range(10)]
+    jobs = []
+    for i in range(30):  # every message names all ten new customers; each goes to all three
+        data = message(message_id=f"<multi-{i}@zylker.example>", to=", ".join(customers))
+        jobs += [(ports[n], data) for n in range(3)]
+    alias_jobs = [(ports[n], message(frm=f"{c}", to="service@in.zylker.example", message_id=f"<svc-{c}@x>"))
+                  for c in customers for n in range(3)]
+    try:
+        with ThreadPoolExecutor(max_workers=18) as pool:
+            codes = list(pool.map(lambda j: _lmtp_code(j[0], H, [box], j[1]), jobs))
+            alias_codes = list(pool.map(lambda j: _lmtp_code(j[0], "x@customer.example",
+                                                             ["service@in.zylker.example"], j[1]), alias_jobs))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+    assert set(codes) == {250} and set(alias_codes) == {250}
+    doc = json.loads(subprocess.run([sys.executable, "-m", "gateway", "export", "--config", conf], env=env,
+                                    capture_output=True, check=True).stdout)
+    assert sorted(p["email"] for p in doc["leads"]) == sorted(customers)
+    assert len(doc["contacts"]) == len({c["email"] for c in doc["contacts"]})
+    assert len([e for e in doc["emails"] if e["source"] == "dropbox"]) == 30  # one per message, not three
+    assert len(doc["records"]) == 10  # one per distinct alias message
+
+
+def _lmtp_code(port: int, sender: str, rcpts: list[str], data: bytes) -> int:
+    with smtplib.LMTP("127.0.0.1", port, timeout=60) as client:
+        client.ehlo_or_helo_if_needed()
+        client.mail(sender)
+        for r in rcpts:
+            client.rcpt(r)
+        return client.data(data)[0]
