@@ -38,7 +38,8 @@ def _greeting(port: int) -> tuple[socket.socket, bytes]:
 
 
 def test_connection_limits(config_dir, database_url):
-    _edit(config_dir, "workers = 4", "workers = 4\nmax_connections = 5\nmax_connections_per_client = 3")
+    _edit(config_dir, "max_connections = 500", "max_connections = 5")
+    _edit(config_dir, "max_connections_per_client = 50", "max_connections_per_client = 3")
     g = Gateway(config_dir, database_url).start()
     opened = []
     try:
