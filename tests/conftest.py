@@ -77,7 +77,7 @@ def config_dir(tmp_path: Path, dkim_keys: Path) -> Path:
 
 
 @pytest.fixture
-def sink() -> Iterator["Sink"]:
+def sink() -> Iterator[Any]:
     """A real SMTP server on loopback standing in for the smarthost."""
     from tests.helpers import Sink
 

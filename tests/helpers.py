@@ -279,3 +279,39 @@ class TcpProxy:
             except OSError:
                 pass
             s.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: Any, log: Any = None, timeout: float = 60) -> None:
+    """Wait until a `gateway serve` process listens on port; fail with its log if it died."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            detail = log.read_text() if log is not None else proc.stderr.read().decode()
+            raise AssertionError(f"gateway serve exited {proc.returncode}: {detail}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("gateway serve did not start listening")
+
+
+def serve_process(config: Any, env: dict[str, str], log: Any) -> Any:
+    """`gateway serve` as a child process, its stderr (the JSON log) going to log."""
+    import subprocess
+    import sys
+
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=f)

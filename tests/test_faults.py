@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, message
+from tests.helpers import TcpProxy, free_port, message, serve_process, wait_port
 
 H = "hashimoto@zylker.example"
 
@@ -232,27 +232,12 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
         admin.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}",
            "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off"}
-    with open(log, "ab") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config_dir / "gateway.toml")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=f)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", lmtp), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("gateway did not start")
+    proc = serve_process(config_dir / "gateway.toml", env, log)
+    wait_port(lmtp, proc, log)
+    return proc
 
 
 def _deliver_until_250(port_of, box: str, data: bytes, deadline: float) -> int:
@@ -275,7 +260,7 @@ def _deliver_until_250(port_of, box: str, data: bytes, deadline: float) -> int:
 
 
 def test_sigkill_under_load_files_every_message_exactly_once(config_dir, database_url, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
     box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", H, "--config",
                           str(config_dir / "gateway.toml")], env={**os.environ, "GATEWAY_DATABASE_URL": database_url},
@@ -311,7 +296,7 @@ def test_sigkill_under_load_files_every_message_exactly_once(config_dir, databas
 
 
 def test_three_instances_same_new_customers_no_duplicates(config_dir, database_url, tmp_path):
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     procs = [_serve(config_dir, database_url, ports[0], tmp_path / "s0.log")]
     procs += [_serve(config_dir, database_url, p, tmp_path / f"s{n}.log") for n, p in enumerate(ports[1:], 1)]
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url}

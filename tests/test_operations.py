@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import message
+from tests.helpers import free_port, message, serve_process
 
 H = "hashimoto@zylker.example"
 
@@ -84,7 +84,7 @@ def test_metrics_count_real_deliveries_exactly(gw):
         "gateway_created_total", "gateway_thread_decisions_total", "gateway_reopens_total", "gateway_quota_limit",
         "gateway_quota_used", "gateway_quota_refusals_total", "gateway_relay_attempts_total",
         "gateway_relay_duration_seconds", "gateway_db_operation_duration_seconds", "gateway_errors_total",
-        "gateway_rule_reloads_total", "gateway_rules_last_reload_timestamp_seconds"}
+        "gateway_rule_reloads_total", "gateway_rules_last_reload_timestamp_seconds", "gateway_quarantined_total"}
 
 
 def _declared(gw) -> str:
@@ -200,15 +200,9 @@ def test_explain_agrees_with_the_real_delivery(gw, tmp_path):
 # --- a real process: reload by command, graceful stop --------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Daemon:
     def __init__(self, config_dir: Path, database_url: str, log: Path):
-        self.lmtp, self.metrics = _free_port(), _free_port()
+        self.lmtp, self.metrics = free_port(), free_port()
         self.config = str(config_dir / "gateway.toml")
         self.env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
                     "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{self.lmtp}", "GATEWAY_SMTP_LISTEN": "off",
@@ -216,9 +210,7 @@ class Daemon:
         self.log = log
 
     def start(self) -> "Daemon":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", self.config],
-                                         env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+        self.proc = serve_process(self.config, self.env, self.log)
         assert _wait_for(self._ready, 60), self.log.read_text()
         return self
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 import smtplib
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -17,7 +13,7 @@ import pytest
 import time_machine
 
 from gateway import quota
-from tests.helpers import message
+from tests.helpers import free_port, message, serve_process, wait_port
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -80,12 +76,6 @@ def test_releases_go_to_the_day_they_were_taken_from(gw):
         assert quota.status(gw.engine, lumen)["classes"]["individual"]["used"] == 5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _submit_one(port: int, i: int) -> int:
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
@@ -108,20 +98,17 @@ def test_three_processes_never_exceed_the_bucket(config_dir, database_url, sink,
     procs, ports = [], []
     try:
         for n in range(3):
-            port = _free_port()
+            port = free_port()
             env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
                    "GATEWAY_LMTP_LISTEN": "off", "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
                    "GATEWAY_SUBMISSION_LISTEN": f"127.0.0.1:{port}",
                    "GATEWAY_RELAY_URL": f"smtp://127.0.0.1:{sink.port}"}
-            with open(tmp_path / f"serve{n}.log", "wb") as log:
-                procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
-                                               str(config_dir / "gateway.toml")], env=env,
-                                              stdout=subprocess.DEVNULL, stderr=log))
+            procs.append(serve_process(config_dir / "gateway.toml", env, tmp_path / f"serve{n}.log"))
             ports.append(port)
             if n == 0:
-                _wait(port, procs[0], tmp_path / "serve0.log")  # the first one creates the schema
+                wait_port(port, procs[0], tmp_path / "serve0.log")  # the first one creates the schema
         for n, (port, proc) in enumerate(zip(ports, procs)):
-            _wait(port, proc, tmp_path / f"serve{n}.log")
+            wait_port(port, proc, tmp_path / f"serve{n}.log")
         with ThreadPoolExecutor(max_workers=24) as pool:
             codes = list(pool.map(lambda i: _submit_one(ports[i % 3], i), range(200)))
     finally:
@@ -140,16 +127,3 @@ def test_three_processes_never_exceed_the_bucket(config_dir, database_url, sink,
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT sum(used) FROM quota_buckets WHERE org_id = 'lumen'")).scalar_one() == 50
     engine.dispose()
-
-
-def _wait(port: int, proc: subprocess.Popen, log, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("did not start")

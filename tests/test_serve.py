@@ -6,35 +6,14 @@ import json
 import os
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
-import time
 
-from tests.helpers import message
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway serve exited {proc.returncode}: {proc.stderr.read().decode()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("gateway serve did not start listening")
+from tests.helpers import free_port, message, wait_port
 
 
 def test_serve_files_a_bcc_mail_and_stops_on_sigterm(config_dir, database_url):
-    lmtp, smtp = _free_port(), _free_port()
+    lmtp, smtp = free_port(), free_port()
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
            "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}", "GATEWAY_SMTP_LISTEN": f"127.0.0.1:{smtp}",
            "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off"}
@@ -42,8 +21,8 @@ def test_serve_files_a_bcc_mail_and_stops_on_sigterm(config_dir, database_url):
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_port(smtp, proc)
-        _wait_port(lmtp, proc)
+        wait_port(smtp, proc)
+        wait_port(lmtp, proc)
         box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", "hashimoto@zylker.example",
                               "--config", config], env=env, capture_output=True, text=True, check=True).stdout.strip()
         with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as client:

@@ -39,6 +39,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
+def cpu_seconds_of(comm: str) -> dict[int, float]:
+    """CPU time of every process named ``comm`` (e.g. the PostgreSQL server's backends)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                if f.read().strip() != comm:
+                    continue
+            out[int(entry.name)] = cpu_seconds(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def status_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
