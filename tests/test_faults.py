@@ -336,3 +336,40 @@ def _lmtp_code(port: int, sender: str, rcpts: list[str], data: bytes) -> int:
         for r in rcpts:
             client.rcpt(r)
         return client.data(data)[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs to fill up; skipped where mounting is not allowed (not root)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_sqlite_disk_full_answers_451(config_dir, small_disk):
+    g = Gateway(config_dir, f"sqlite:///{small_disk / 'gateway.db'}").start()
+    try:
+        box = g.dropbox(H)
+        assert g.lmtp(H, [box], message(message_id="<before@zylker.example>")).codes == [250]
+        filler = small_disk / "filler"
+        with open(filler, "wb") as f:  # fill the disk to the last block
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        big = message(message_id="<full@zylker.example>", body="x" * 600_000)
+        tx = g.lmtp(H, [box], big)
+        assert tx.codes == [451] and tx.data[0][1].startswith(b"4.3.0")
+        filler.unlink()
+        assert g.lmtp(H, [box], big).codes == [250]
+        assert sorted(e["message_id"] for e in g.export()["emails"]) == ["before@zylker.example", "full@zylker.example"]
+    finally:
+        g.stop()
