@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from gateway.routing import dropbox_address
+from gateway.routing import dropbox_address, dropbox_route
 from gateway.rules.index import RuleIndex
 from gateway.store import models as m
 
@@ -26,11 +26,8 @@ def recipients(engine: Engine, rules: RuleIndex) -> list[str]:
     table = m.DropboxAddress.__table__
     with engine.connect() as conn:
         for token, org_id, user_id in conn.execute(select(table.c.token, table.c.org_id, table.c.user_id)):
-            org = rules.orgs.get(org_id)
-            if org is None:
-                continue
-            if any(u.id == user_id and u.may_use_dropbox for u in org.users.values()):
-                out.add(dropbox_address(token, org.gateway_domain))
+            if dropbox_route(rules, org_id, user_id) is not None:
+                out.add(dropbox_address(token, rules.orgs[org_id].gateway_domain))
     return sorted(out)
 
 

@@ -72,12 +72,10 @@ def dropbox_route(index: RuleIndex, org_id: str, user_id: int | None) -> Dropbox
     if user_id is None:
         return None
     org = index.orgs.get(org_id)
-    if org is None:
+    user = org.users_by_id.get(user_id) if org else None
+    if user is None or not user.may_use_dropbox:
         return None
-    for user in org.users.values():
-        if user.id == user_id:
-            return DropboxRoute(org_id, user) if user.may_use_dropbox else None
-    return None
+    return DropboxRoute(org_id, user)
 
 
 def dropbox_address(token: str, gateway_domain: str) -> str:

@@ -103,6 +103,8 @@ class OrgEntry:
     bulk_addon: int | None = None
     addresses: frozenset[str] = frozenset()
     dkim: Mapping[str, DkimEntry] = field(default_factory=dict)
+    # Filled by with_ids(): database id -> user, for the dropbox lookup at RCPT.
+    users_by_id: Mapping[int, UserEntry] = field(default_factory=dict)
 
     @property
     def active_users(self) -> int:
@@ -146,7 +148,9 @@ class RuleIndex:
         for org in self.orgs.values():
             users = {e: replace(u, id=user_ids.get((org.id, e))) for e, u in org.users.items()}
             pipes = {n: replace(p, id=pipeline_ids.get((org.id, n))) for n, p in org.pipelines.items()}
-            orgs[org.id] = replace(org, users=MappingProxyType(users), pipelines=MappingProxyType(pipes))
+            by_id = {u.id: u for u in users.values() if u.id is not None}
+            orgs[org.id] = replace(org, users=MappingProxyType(users), pipelines=MappingProxyType(pipes),
+                                   users_by_id=MappingProxyType(by_id))
         return replace(self, orgs=MappingProxyType(orgs))
 
 

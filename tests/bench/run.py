@@ -57,10 +57,20 @@ def median(values: list[float]) -> float:
 # --- one measured run -------------------------------------------------------------------
 
 
+PROFILE_DIR: Path | None = None  # --profile: py-spy on every measured gateway run
+
+
 async def measure(server: srv.Server, listener: str, factory: MessageFactory, conns: int, seconds: float,
-                  cap: int, first_seq: int, checkpoints: int = 0) -> tuple[dict[str, Any], LoadResult]:
+                  cap: int, first_seq: int, checkpoints: int = 0, tag: str = "") -> tuple[dict[str, Any], LoadResult]:
     """Load ``server`` and measure it: throughput, latency, its CPU and peak RSS."""
     pid = server.pid
+    recorder = None
+    if PROFILE_DIR is not None and isinstance(server, srv.GatewayServer):
+        from tests.bench.profile import Recorder
+
+        name = f"{server.name}-{listener}-{size_label(factory.size).replace(' ', '')}-c{conns}{tag}.txt"
+        recorder = Recorder(pid, PROFILE_DIR / name)
+        await asyncio.sleep(0.5)  # let py-spy attach
     hwm_ok = srv.reset_hwm(pid)
     rss_before = srv.rss_mib(pid)
     peak = [rss_before]
@@ -95,6 +105,8 @@ async def measure(server: srv.Server, listener: str, factory: MessageFactory, co
     finally:
         sampler.cancel()
     cpu = srv.cpu_seconds(pid) - marks.get("cpu", 0.0)
+    if recorder is not None:
+        recorder.stop()
     client = time.process_time() - marks.get("client", 0.0)
     busy, steal, total = srv.system_cpu()
     db_cpu = None
@@ -211,7 +223,8 @@ async def throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         k = rep % len(order)
                         order = order[k:] + order[:k]  # interleave: each takes each position in turn
                         for server in order:
-                            row, result = await measure(server, listener, factory, conns, seconds, cap, seq)
+                            row, result = await measure(server, listener, factory, conns, seconds, cap, seq,
+                                                        tag=f"-{rep + 1}")
                             seq = result.next_seq
                             backend = server.database.backend if isinstance(server, srv.GatewayServer) else "-"
                             row.update(backend=backend, repeat=rep)
@@ -407,17 +420,20 @@ def render_memory(mem: dict[str, Any], markdown: bool) -> str:
                      _f(r["idle_rss_mib"], 0), _f(r["peak_rss_mib"], 0), str(r["ok"]), str(r["errors"]),
                      _f(r["wall_s"])])
     first = _render(head, rows, markdown, right=range(3, 8))
-    head2 = ["server", "backend", "idle RSS MiB"] + [f"RSS after {n // 1000}k" if n >= 1000 else f"RSS after {n}"
-                                                    for n, _ in (mem["flat"][0]["rss_checkpoints"] if mem["flat"] else [])]
-    head2 += ["growth first→last checkpoint", "msg/s", "errors"]
+    head2 = ["server", "backend", "load", "idle RSS MiB", "RSS after first", "RSS after last", "growth",
+             "msg/s", "errors"]
     rows2 = []
     for r in mem["flat"]:
         cps = r["rss_checkpoints"]
         growth = cps[-1][1] - cps[0][1] if len(cps) >= 2 else float("nan")
-        rows2.append([r["server"].split("-")[0], r["backend"], _f(r["idle_rss_mib"])]
-                     + [_f(v) for _, v in cps] + [(f"{growth:+.1f} MiB" if not math.isnan(growth) else "–"),
-                                                  _f(r["msgs_per_s"], 0), str(r["errors"])])
-    second = _render(head2, rows2, markdown, right=range(2, len(head2)))
+        label = lambda n: f"{n // 1000:,}k" if n % 1000 == 0 else f"{n:,}"  # noqa: E731
+        rows2.append([r["server"].split("-")[0], r["backend"], f"{r['ok']:,} × {size_label(r['size'])}, {r['conns']} conns",
+                      _f(r["idle_rss_mib"]),
+                      f"{_f(cps[0][1])} ({label(cps[0][0])})" if cps else "–",
+                      f"{_f(cps[-1][1])} ({label(cps[-1][0])})" if cps else "–",
+                      f"{growth:+.1f} MiB" if not math.isnan(growth) else "–",
+                      _f(r["msgs_per_s"], 0), str(r["errors"])])
+    second = _render(head2, rows2, markdown, right=range(3, len(head2)))
     return first + "\n\n" + second
 
 
@@ -446,6 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-big-conns", type=int, default=50, help=argparse.SUPPRESS)
     p.add_argument("--memory-big-size", default="10m", help=argparse.SUPPRESS)
     p.add_argument("--memory-messages", type=int, default=10_000, help=argparse.SUPPRESS)
+    p.add_argument("--profile", metavar="DIR", help="record every measured gateway run with py-spy into DIR "
+                                                    "(slows it down; summarise with python -m tests.bench.profile)")
     p.add_argument("--workdir", help="keep configs, databases and server logs here (default: a temporary folder)")
     args = p.parse_args(argv)
     defaults = dict(FULL)
@@ -540,7 +558,10 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROFILE_DIR
     args = parse_args(argv)
+    if args.profile:
+        PROFILE_DIR = Path(args.profile).resolve()
     import uvloop
 
     return uvloop.run(main_async(args))
