@@ -74,14 +74,6 @@ class Case:
         return self.file.removesuffix(".eml") + ("" if self.sender == H else f"[from {self.sender or '<>'}]")
 
 
-NEC_BUG = pytest.mark.xfail(strict=True, reason=(
-    "ISO-2022-JP with NEC row-13 characters under ESC $ B (as Windows CP50220/50221 and Outlook "
-    "write ①, ㈱, №) is not decoded: every iso2022 codec refuses 0x2D21, and the subject and body "
-    "are stored as raw escape sequences ('\\x1b$B-!$N7o...')"))
-TRANSFORM_BUG = pytest.mark.xfail(strict=True, reason=(
-    "charset=base64 (a Python transform codec) passes parse._codecs_for's b''.decode() check, "
-    "then data.decode('base64', 'replace') raises LookupError: 554 5.6.0 instead of filing"))
-
 CASES = [
     # broken MIME
     Case("mime-missing-boundary.eml", to=("dropbox", "alias"), codes=(250, 250), subject="Missing boundary parameter",
@@ -107,14 +99,12 @@ CASES = [
          body=("株式会社ゾーホーの橋本です。", "今後ともよろしくお願い申し上げます。")),
     Case("charset-unknown-name.eml", to=("dropbox", "alias"), codes=(250, 250),
          subject="Unbekannter Zeichensatz – Grüße", body=("Grüße, 日本語。",)),
-    Case("charset-transform-codec.eml", subject="charset=base64 label", body=("Plain text under charset=base64.",),
-         marks=[TRANSFORM_BUG]),
+    Case("charset-transform-codec.eml", subject="charset=base64 label", body=("Plain text under charset=base64.",)),
     # Japanese
     Case("ja-iso2022jp-split-subject.eml", to=("dropbox", "alias"), codes=(250, 250),
          subject="御見積書送付のご案内（第２版）", from_name="橋本 太郎",
          body=("橋本です。\nお見積書をお送りします。\n以上、よろしくお願いいたします。",), cli_raw=True),
-    Case("ja-iso2022jp-nec-ext.eml", subject="①の件（㈱ゾーホー）", body=("①納期 ②価格 ③数量 ㈱ゾーホー №１２",),
-         marks=[NEC_BUG]),
+    Case("ja-iso2022jp-nec-ext.eml", subject="①の件（㈱ゾーホー）", body=("①納期 ②価格 ③数量 ㈱ゾーホー №１２",)),
     Case("ja-cp932-body.eml", subject="髙橋様へ①のご連絡",
          body=("髙橋様\n\n①納期 ②価格 ③数量について ～ ご確認ください。㈱ゾーホー ⅰⅱⅲ",)),
     Case("ja-euc-jp.eml", subject="EUC-JPの件名です", body=("EUC-JPで書かれた本文です。表示できますか。",)),

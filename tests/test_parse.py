@@ -611,3 +611,16 @@ def test_ten_megabyte_message_is_fast():
     assert time.perf_counter() - started < 3.0
     assert msg.text_body == "see attachment"
     assert msg.attachments == (AttachmentInfo("big.bin", "application/octet-stream", len(blob)),)
+
+
+def test_iso2022jp_microsoft_flavour_codec():
+    """CP50220 as Outlook writes it: NEC row 13 and half-width katakana inside ISO-2022-JP."""
+    from gateway.ingest import jis
+
+    assert b"\x1b$B-!-j-b\x1b(B ok".decode(jis.NAME) == "①㈱№ ok"
+    assert b"\x1b(I12\x1b(B".decode(jis.NAME) == "ｱｲ"
+    assert "テスト".encode("iso2022_jp").decode(jis.NAME) == "テスト"
+    with pytest.raises(UnicodeDecodeError):
+        b"\x1b$B\x7f\x7f\x1b(B".decode(jis.NAME)
+    with pytest.raises(UnicodeDecodeError):
+        b"\x1b$Zbad".decode(jis.NAME)

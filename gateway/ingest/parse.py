@@ -52,6 +52,7 @@ from charset_normalizer import from_bytes as _detect_charsets
 from inscriptis import get_text as _inscriptis_text
 
 from gateway.errors import MalformedMessage
+from gateway.ingest import jis
 
 try:  # mail-parser's tolerant RFC 5322 date interpreter (returns UTC values)
     from mailparser.dates import parse_mail_date as _mp_parse_date
@@ -142,7 +143,9 @@ def _normalize_newlines(text: str) -> str:
 # charsets
 
 _SJIS = ("cp932", "shift_jis_2004", "shift_jisx0213")
-_ISO2022JP = ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_3", "iso2022_jp_ext", "iso2022_jp_2")
+# After strict ISO-2022-JP: the Windows/Outlook flavour with NEC and IBM extensions
+# (gateway.ingest.jis), then the JIS X 0213 variants.
+_ISO2022JP = ("iso2022_jp", jis.NAME, "iso2022_jp_2004", "iso2022_jp_3", "iso2022_jp_ext", "iso2022_jp_2")
 _EUCJP = ("euc_jp", "euc_jis_2004", "euc_jisx0213")
 
 _CHARSET_MAP: dict[str, tuple[str, ...]] = {
@@ -194,21 +197,22 @@ def _codecs_for(label: str | None) -> tuple[str, ...]:
         except (LookupError, ValueError, TypeError):
             result = ()
         else:
-            # a label that merely names a transform codec (base64, rot13...)
-            # must not be used for text
-            try:
-                b"".decode(result[0])
-            except Exception:
+            # a label that merely names a transform codec (base64, rot13, zlib...)
+            # or a special one (idna, punycode, undefined) must not be used for text
+            if not getattr(codecs.lookup(key), "_is_text_encoding", True) or result[0] in _NOT_FOR_TEXT:
                 result = ()
     if len(_codec_cache) < 512:
         _codec_cache[key] = result
     return result
 
 
+_NOT_FOR_TEXT = frozenset({"idna", "punycode", "undefined", "raw_unicode_escape", "unicode_escape"})
+
+
 def _try_decode(data: bytes, codec: str) -> str | None:
     try:
         return data.decode(codec)
-    except (UnicodeDecodeError, LookupError):
+    except (UnicodeError, LookupError):
         return None
 
 

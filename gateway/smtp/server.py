@@ -46,6 +46,10 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
     buf = bytearray(b"\r\n")
     too_big = False
     scan_from = 0
+    # RFC 1870: the size is that of the message, without the dots added for
+    # transparency; count them as they arrive (one per "\r\n.." on the wire).
+    stuffed = 0
+    counted_to = 0
     while True:
         chunk = await reader.read(_CHUNK)
         if not chunk:
@@ -59,17 +63,23 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
             if leftover:
                 # Pipelined commands after the final dot (RFC 2920 3.1): give them back.
                 _unread(reader, leftover)
-            if too_big or (limit is not None and end > limit):
+            if too_big:
                 raise MessageTooBig()
             body = bytes(buf[: end + 2])
             del buf
             if b"\r\n.." in body:
                 body = body.replace(b"\r\n..", b"\r\n.")
+            if limit is not None and len(body) - 2 > limit:
+                raise MessageTooBig()
             return body[2:]
-        # No terminator yet: all but the last 4 octets are surely message content.
-        if limit is not None and len(buf) - 2 - (len(_END) - 1) > limit:
+        if not too_big and limit is not None:
+            stuffed += buf.count(b"\r\n..", max(counted_to - 3, 0))
+            counted_to = len(buf)
+            # No terminator yet: all but the last 4 octets are surely message content.
+            if len(buf) - 2 - (len(_END) - 1) - stuffed > limit:
+                too_big = True
+        if too_big:
             # Over the limit: keep only what could start the terminator.
-            too_big = True
             del buf[: len(buf) - (len(_END) - 1)]
             scan_from = 0
         else:
