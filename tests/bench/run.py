@@ -496,6 +496,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _clean(value: Any) -> Any:
+    """JSON without NaN (null instead)."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
 def environment() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -548,7 +559,7 @@ async def main_async(args: argparse.Namespace) -> int:
         failed = False
     finally:
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")
+            Path(args.json).write_text(json.dumps(_clean(report), indent=2, default=str) + "\n")
             log(f"bench: wrote {args.json}")
         if failed:
             log(f"bench: failed; server logs kept in {workdir}")
