@@ -115,41 +115,52 @@ class Gateway:
     async def deliver(
         self, rules: RuleIndex, routes: list[Route], raw: bytes, envelope_sender: str
     ) -> list[Reply]:
+        """Parse once and file for every route, in one worker job (one hop off the
+        loop per message); then replies, logs and metrics back on the loop."""
         started = time.monotonic()
         try:
-            with metrics.timed(metrics.processing_duration, stage="parse"):
-                parsed: ParsedMessage = await self.pool.run(parse_message, raw, big=len(raw) > BIG_MESSAGE_BYTES)
+            parsed, outcomes = await self.pool.run(self._work, rules, routes, raw, envelope_sender,
+                                                   big=len(raw) > BIG_MESSAGE_BYTES)
         except PermanentFailure as exc:
             log.info("message_unparseable", reason=exc.detail, size=len(raw))
             return [exc.reply] * len(routes)
         replies = []
-        for route in routes:
-            replies.append(await self._file_one(rules, route, parsed, envelope_sender, started))
+        for route, (result, error) in zip(routes, outcomes):
+            replies.append(await self._reply(route, parsed, envelope_sender, result, error, started))
         return replies
 
-    async def _file_one(
-        self, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str, started: float
-    ) -> Reply:
-        filer = self.filers[type(route)]
+    def _work(self, rules: RuleIndex, routes: list[Route], raw: bytes,
+              envelope_sender: str) -> tuple[ParsedMessage, list[tuple[repo.FilingResult | None, Exception | None]]]:
+        """In a worker: parse, then each route's filing in its own transaction."""
+        with metrics.timed(metrics.processing_duration, stage="parse"):
+            parsed = parse_message(raw)
+        outcomes: list[tuple[repo.FilingResult | None, Exception | None]] = []
+        for route in routes:
+            try:
+                with metrics.timed(metrics.processing_duration, stage="file"):
+                    outcomes.append((guarded(self.filers[type(route)])(rules, route, parsed, envelope_sender), None))
+            except Exception as exc:  # turned into a reply on the loop
+                outcomes.append((None, exc))
+        return parsed, outcomes
+
+    async def _reply(self, route: Route, parsed: ParsedMessage, envelope_sender: str,
+                     result: repo.FilingResult | None, error: Exception | None, started: float) -> Reply:
         fields: dict[str, Any] = {"org": route.org_id, "route": route.kind}
-        try:
-            with metrics.timed(metrics.processing_duration, stage="file"):
-                result = await self.pool.run(guarded(filer), rules, route, parsed, envelope_sender)
-        except DeliveryFailure as exc:
-            reply = exc.reply
-            fields["reason"] = exc.detail
-            if isinstance(exc, TemporaryFailure):
+        if isinstance(error, DeliveryFailure):
+            reply = error.reply
+            fields["reason"] = error.detail
+            if isinstance(error, TemporaryFailure):
                 log.warning("recipient_decision", outcome="deferred", code=reply.code, status=reply.status,
                             duration_ms=_ms(started), **fields)
             else:
                 log.info("recipient_decision", outcome="rejected", code=reply.code, status=reply.status,
                          duration_ms=_ms(started), **fields)
             return reply
-        except Exception as exc:
+        if error is not None or result is None:
             metrics.errors.labels(component="delivery").inc()
-            log.exception("recipient_decision", outcome="deferred", code=451, status="4.3.0",
-                          duration_ms=_ms(started), **fields)
-            return await self._failed(route, parsed, envelope_sender, exc)
+            log.error("recipient_decision", outcome="deferred", code=451, status="4.3.0",
+                      duration_ms=_ms(started), exc_info=error, **fields)
+            return await self._failed(route, parsed, envelope_sender, error or RuntimeError("no result"))
         count_result(route, result)
         if result.duplicate:
             reply, outcome = REPLIES.duplicate, "duplicate"
@@ -173,7 +184,6 @@ class Gateway:
             **fields,
         )
         return reply
-
 
     async def _failed(self, route: Route, parsed: ParsedMessage, envelope_sender: str, exc: Exception) -> Reply:
         """Our own error: 451 so the MTA retries -- until it has failed too often; then

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -43,6 +44,7 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
             pool_size=pool_size,
             max_overflow=pool_size,
         )
+        engine.gateway_timeout = timeout_seconds  # type: ignore[attr-defined]
         _sqlite_setup(engine)
         return engine
     millis = int(timeout_seconds * 1000)
@@ -89,10 +91,44 @@ def is_sqlite(engine: Engine) -> bool:
 DRY_RUN: ContextVar[bool] = ContextVar("gateway_dry_run", default=False)
 
 
+# SQLite has one writer at a time. Threads of this process queue on a lock that
+# wakes the next one the moment the writer is done, instead of each polling the
+# database lock in SQLite's busy handler (sleeps of up to 100 ms; measured: workers
+# spent 56-71 % of their time there at 10 connections). Other processes still meet
+# at the database lock with the busy timeout.
+_sqlite_writers: dict[int, threading.Lock] = {}
+
+
+def _writer_lock(engine: Engine) -> threading.Lock | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    lock = _sqlite_writers.get(id(engine))
+    if lock is None:
+        lock = _sqlite_writers.setdefault(id(engine), threading.Lock())
+    return lock
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: committed on success, rolled back on error
     (and always rolled back in a dry run)."""
+    lock = _writer_lock(engine)
+    if lock is None:
+        with _transaction(engine) as conn:
+            yield conn
+        return
+    timeout = engine.dialect.name == "sqlite" and getattr(engine, "gateway_timeout", 10.0)
+    if not lock.acquire(timeout=timeout or -1):
+        raise sqlalchemy_exc.OperationalError("BEGIN IMMEDIATE", {}, TimeoutError("writer queue timeout"))
+    try:
+        with _transaction(engine) as conn:
+            yield conn
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _transaction(engine: Engine) -> Iterator[Connection]:
     with engine.connect().execution_options(write=True) as conn:
         trans = conn.begin()
         try:

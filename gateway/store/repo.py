@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal
 
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.ingest.parse import ParsedMessage
@@ -118,11 +118,8 @@ def regenerate_dropbox(engine: Engine, org_id: str, user_id: int) -> str:
 
 def dropbox_owner(engine: Engine, org_id: str, token: str) -> int | None:
     """The user id a dropbox token belongs to, within one organisation."""
-    table = m.DropboxAddress.__table__
     with engine.connect() as conn:
-        return conn.execute(
-            select(table.c.user_id).where(table.c.token == token, table.c.org_id == org_id)
-        ).scalar_one_or_none()
+        return conn.execute(_stmts(conn).dropbox_owner, {"b_token": token, "b_org": org_id}).scalar_one_or_none()
 
 
 # --- filing -----------------------------------------------------------------------
@@ -155,29 +152,71 @@ def message_key(parsed: ParsedMessage) -> str:
     return "sha256:" + parsed.digest
 
 
+class _Statements:
+    """The hot path's statements, built once per dialect with bind parameters.
+
+    Building a statement with .values(...) per message, and SQLAlchemy deriving its
+    cache key each time, cost ~0.23 ms a statement here; a prebuilt one ~0.05 ms.
+    """
+
+    def __init__(self, conn: Connection):
+        d, e, links = m.Delivery.__table__, m.Email.__table__, m.Link.__table__
+        ins = lambda table: insert_for(conn, table)  # noqa: E731
+        self.claim = (
+            ins(d).values(org_id=bindparam("org_id"), route=bindparam("route"), message_key=bindparam("message_key"),
+                          decision=bindparam("decision", type_=d.c.decision.type), created_at=bindparam("created_at"))
+            .on_conflict_do_nothing(index_elements=["org_id", "route", "message_key"]).returning(d.c.id)
+        )
+        self.finish = (update(d).where(d.c.id == bindparam("b_id"))
+                       .values(email_id=bindparam("b_email_id"),
+                               decision=bindparam("b_decision", type_=d.c.decision.type)))
+        self.link = ins(links).values(org_id=bindparam("org_id"), email_id=bindparam("email_id"),
+                                      kind=bindparam("kind"), target_id=bindparam("target_id")).on_conflict_do_nothing()
+        self.find: dict[str, Any] = {}
+        self.create: dict[str, Any] = {}
+        for kind, t in _PERSON_TABLES.items():
+            self.find[kind] = select(t.c.id).where(t.c.org_id == bindparam("b_org"), t.c.email == bindparam("b_email"))
+            self.create[kind] = (
+                ins(t).values(org_id=bindparam("org_id"), email=bindparam("email"), first_name=bindparam("first_name"),
+                              last_name=bindparam("last_name"), owner_id=bindparam("owner_id"),
+                              source=bindparam("source"), created_at=bindparam("created_at"))
+                .on_conflict_do_nothing(index_elements=["org_id", "email"]).returning(t.c.id)
+            )
+        self.email = e.insert().returning(e.c.id)
+        self.raw = m.EmailRaw.__table__.insert()
+        self.attachments = m.Attachment.__table__.insert()
+        dropbox = m.DropboxAddress.__table__
+        self.dropbox_owner = select(dropbox.c.user_id).where(dropbox.c.token == bindparam("b_token"),
+                                                             dropbox.c.org_id == bindparam("b_org"))
+
+
+_statements: dict[str, _Statements] = {}
+
+
+def _stmts(conn: Connection) -> _Statements:
+    found = _statements.get(conn.dialect.name)
+    if found is None:
+        found = _statements[conn.dialect.name] = _Statements(conn)
+    return found
+
+
 def claim_delivery(conn: Connection, org_id: str, route: str, parsed: ParsedMessage, decision: dict[str, Any]) -> int | None:
     """Insert the idempotency key; None when this delivery was already filed.
 
     It goes in first: a concurrent duplicate waits on it (or, on SQLite, on the
     write lock) and then files nothing.
     """
-    deliveries = m.Delivery.__table__
-    return conn.execute(
-        insert_for(conn, deliveries)
-        .values(org_id=org_id, route=route, message_key=message_key(parsed), decision=decision, created_at=now())
-        .on_conflict_do_nothing(index_elements=["org_id", "route", "message_key"])
-        .returning(deliveries.c.id)
-    ).scalar_one_or_none()
+    return conn.execute(_stmts(conn).claim, {
+        "org_id": org_id, "route": route, "message_key": message_key(parsed), "decision": decision,
+        "created_at": now()}).scalar_one_or_none()
 
 
 def finish_delivery(conn: Connection, delivery_id: int, email_id: int | None, decision: dict[str, Any]) -> None:
-    deliveries = m.Delivery.__table__
-    conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(email_id=email_id, decision=decision))
+    conn.execute(_stmts(conn).finish, {"b_id": delivery_id, "b_email_id": email_id, "b_decision": decision})
 
 
 def link(conn: Connection, org_id: str, email_id: int, kind: str, target_id: int) -> None:
-    conn.execute(insert_for(conn, m.Link.__table__).values(
-        org_id=org_id, email_id=email_id, kind=kind, target_id=target_id).on_conflict_do_nothing())
+    conn.execute(_stmts(conn).link, {"org_id": org_id, "email_id": email_id, "kind": kind, "target_id": target_id})
 
 
 def file_message(
@@ -215,28 +254,21 @@ def find_or_create(
     conn: Connection, org_id: str, wanted: PersonWanted, owner_id: int | None, source: str,
     first_name: str = "", last_name: str | None = None,
 ) -> tuple[Kind, int, str]:
+    st = _stmts(conn)
+    key = {"b_org": org_id, "b_email": wanted.address}
     for kind in wanted.search:
-        table = _PERSON_TABLES[kind]
-        found = conn.execute(
-            select(table.c.id).where(table.c.org_id == org_id, table.c.email == wanted.address)
-        ).scalar_one_or_none()
+        found = conn.execute(st.find[kind], key).scalar_one_or_none()
         if found is not None:
             return kind, found, "matched"
-    table = _PERSON_TABLES[wanted.creates]
     # SPEC 2.7: without a name, the address is both the email and the last name.
-    created = conn.execute(
-        insert_for(conn, table)
-        .values(org_id=org_id, email=wanted.address, first_name=first_name, last_name=last_name or wanted.address,
-                owner_id=owner_id, source=source, created_at=now())
-        .on_conflict_do_nothing(index_elements=["org_id", "email"])
-        .returning(table.c.id)
-    ).scalar_one_or_none()
+    created = conn.execute(st.create[wanted.creates], {
+        "org_id": org_id, "email": wanted.address, "first_name": first_name,
+        "last_name": last_name or wanted.address, "owner_id": owner_id, "source": source, "created_at": now(),
+    }).scalar_one_or_none()
     if created is not None:
         return wanted.creates, created, "created"
     # Another delivery created it a moment ago (and has committed: we waited on it).
-    existing = conn.execute(
-        select(table.c.id).where(table.c.org_id == org_id, table.c.email == wanted.address)
-    ).scalar_one()
+    existing = conn.execute(st.find[wanted.creates], key).scalar_one()
     return wanted.creates, existing, "matched"
 
 
@@ -246,44 +278,37 @@ def store_email(
 ) -> int:
     from gateway.conversations import sort_time
 
-    emails = m.Email.__table__
+    st = _stmts(conn)
     arrived = now()
-    email_id = conn.execute(
-        emails.insert()
-        .values(
-            org_id=org_id,
-            message_id=p.message_id,
-            subject=p.subject,
-            from_name=p.from_.name if p.from_ else "",
-            from_address=p.from_.address if p.from_ else "",
-            to_addresses=[a.address for a in p.to],
-            cc_addresses=[a.address for a in p.cc],
-            date=p.date,
-            received_at=arrived,
-            sort_at=sort_time(p, arrived),
-            kind=kind,
-            direction=direction,
-            source=source,
-            filed_by_user_id=filed_by,
-            text_body=p.text_body,
-            html_body=p.html_body,
-            size=len(p.raw),
-            digest=p.digest,
-            in_reply_to=list(p.in_reply_to),
-            references=list(p.references),
-        )
-        .returning(emails.c.id)
-    ).scalar_one()
-    conn.execute(m.EmailRaw.__table__.insert().values(email_id=email_id, org_id=org_id, content=p.raw))
+    email_id = conn.execute(st.email, {
+        "org_id": org_id,
+        "message_id": p.message_id,
+        "subject": p.subject,
+        "from_name": p.from_.name if p.from_ else "",
+        "from_address": p.from_.address if p.from_ else "",
+        "to_addresses": [a.address for a in p.to],
+        "cc_addresses": [a.address for a in p.cc],
+        "date": p.date,
+        "received_at": arrived,
+        "sort_at": sort_time(p, arrived),
+        "kind": kind,
+        "direction": direction,
+        "source": source,
+        "filed_by_user_id": filed_by,
+        "text_body": p.text_body,
+        "html_body": p.html_body,
+        "size": len(p.raw),
+        "digest": p.digest,
+        "in_reply_to": list(p.in_reply_to),
+        "references": list(p.references),
+    }).scalar_one()
+    conn.execute(st.raw, {"email_id": email_id, "org_id": org_id, "content": p.raw})
     if p.attachments:
-        conn.execute(
-            m.Attachment.__table__.insert(),
-            [
-                {"org_id": org_id, "email_id": email_id, "filename": a.filename,
-                 "content_type": a.content_type, "size": a.size}
-                for a in p.attachments
-            ],
-        )
+        conn.execute(st.attachments, [
+            {"org_id": org_id, "email_id": email_id, "filename": a.filename,
+             "content_type": a.content_type, "size": a.size}
+            for a in p.attachments
+        ])
     return email_id
 
 
