@@ -65,13 +65,16 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
                 _unread(reader, leftover)
             if too_big:
                 raise MessageTooBig()
-            body = bytes(buf[: end + 2])
+            if buf.find(b"\r\n..", 0, end + 2) >= 0:
+                body = bytes(buf[: end + 2]).replace(b"\r\n..", b"\r\n.")[2:]
+            else:
+                # One copy out of the buffer (a slice of a bytearray would be a second).
+                with memoryview(buf) as view:
+                    body = bytes(view[2: end + 2])
             del buf
-            if b"\r\n.." in body:
-                body = body.replace(b"\r\n..", b"\r\n.")
-            if limit is not None and len(body) - 2 > limit:
+            if limit is not None and len(body) > limit:
                 raise MessageTooBig()
-            return body[2:]
+            return body
         if not too_big and limit is not None:
             stuffed += buf.count(b"\r\n..", max(counted_to - 3, 0))
             counted_to = len(buf)
