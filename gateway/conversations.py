@@ -57,6 +57,14 @@ def sort_time(parsed: ParsedMessage, arrived: datetime) -> datetime:
     return parsed.date.replace(microsecond=0)
 
 
+def header_evidence(parsed: ParsedMessage) -> tuple[list[tuple[str, str]], list[str]]:
+    """(method, message id) pairs in order of evidence -- In-Reply-To, then References
+    newest first -- and the distinct ids to look up (bounded)."""
+    candidates = [("in-reply-to", mid) for mid in parsed.in_reply_to]
+    candidates += [("references", mid) for mid in reversed(parsed.references)]
+    return candidates, list(dict.fromkeys(mid for _, mid in candidates))[:100]
+
+
 def find_thread(
     conn: Connection,
     *,
@@ -68,9 +76,7 @@ def find_thread(
     prefix: str,
 ) -> ThreadMatch:
     emails, links, records = m.Email.__table__, m.Link.__table__, m.Record.__table__
-    candidates: list[tuple[str, str]] = [("in-reply-to", mid) for mid in parsed.in_reply_to]
-    candidates += [("references", mid) for mid in reversed(parsed.references)]
-    ids = list(dict.fromkeys(mid for _, mid in candidates))[:100]
+    candidates, ids = header_evidence(parsed)
     if ids:
         rows = conn.execute(
             select(emails.c.message_id, links.c.target_id)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from gateway.addresses import domain_of, looks_like_address, normalise
-from gateway.conversations import format_token
+from gateway.conversations import format_token, header_evidence
 from gateway.errors import PermanentFailure
 from gateway.ingest.parse import ParsedMessage, parse_message
 from gateway.replies import REPLIES
@@ -133,9 +133,7 @@ def find_record(conn: Connection, org: OrgEntry, parsed: ParsedMessage, explicit
         if found is None:
             raise PermanentFailure(REPLIES.no_such_record, f"{RECORD_HEADER}: {explicit.strip()} is not a record of {org.id}")
         return found
-    candidates = [("in-reply-to", mid) for mid in parsed.in_reply_to]
-    candidates += [("references", mid) for mid in reversed(parsed.references)]
-    ids = list(dict.fromkeys(mid for _, mid in candidates))[:100]
+    candidates, ids = header_evidence(parsed)
     if not ids:
         return None
     rows = dict(conn.execute(
