@@ -27,6 +27,7 @@ from gateway.settings import Settings, parse_listen
 from gateway.smtp.handler import Handler
 from gateway.smtp.server import GatewayLMTP, GatewaySMTP
 from gateway.store import db, repo
+from gateway.store.writer import LoopWriter
 from gateway.workers import WorkerPool
 
 log = logs.get("gateway.app")
@@ -95,7 +96,8 @@ class App:
 
         self.gateway = Gateway(self.engine, rules, self.pool,
                                ConnectionLimits(s.limits.max_connections, s.limits.max_connections_per_client),
-                               quarantine_after=s.limits.quarantine_after_attempts)
+                               quarantine_after=s.limits.quarantine_after_attempts,
+                               writer=LoopWriter(self.engine) if db.is_sqlite(self.engine) else None)
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
                 continue
@@ -263,6 +265,8 @@ class App:
             await self.submission.drain()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
+        if self.gateway is not None and self.gateway.writer is not None:
+            self.gateway.writer.close()
         if self.probes is not None:
             from gateway.probes import QUOTA
 

@@ -22,6 +22,7 @@ from gateway.replies import REPLIES, Reply
 from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, classify, dropbox_route
 from gateway.rules.index import RuleIndex
 from gateway.store import repo
+from gateway.store.writer import INLINE_MAX_BYTES, Busy, LoopWriter
 from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
 
 log = logs.get("gateway.delivery")
@@ -36,10 +37,14 @@ def guarded(fn: Callable[..., Any], operation: str | None = None) -> Callable[..
             with histogram.time():
                 return fn(*args, **kwargs)
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-            raise TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}") from exc
+            raise database_failure(exc) from exc
 
     return run
+
+
+def database_failure(exc: sqlalchemy.exc.SQLAlchemyError) -> TemporaryFailure:
+    first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+    return TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}")
 
 
 class ConnectionLimits:
@@ -68,10 +73,13 @@ class ConnectionLimits:
 
 class Gateway:
     def __init__(self, engine: Engine, rules: RuleIndex, pool: WorkerPool,
-                 connections: ConnectionLimits | None = None, quarantine_after: int = 5):
+                 connections: ConnectionLimits | None = None, quarantine_after: int = 5,
+                 writer: LoopWriter | None = None):
         self.engine = engine
         self._rules = rules
         self.pool = pool
+        # SQLite: small messages are filed on the loop in batches (store/writer.py).
+        self.writer = writer
         # Set on SIGTERM: new commands get 421 4.3.2.
         self.stopping = False
         # Transactions between 354 and their last reply (the stop waits for them).
@@ -101,7 +109,12 @@ class Gateway:
     async def route_for(self, rules: RuleIndex, address: str) -> Route | None:
         found = classify(rules, address)
         if isinstance(found, DropboxCandidate):
-            user_id = await self.pool.run(guarded(repo.dropbox_owner), self.engine, found.org_id, found.token)
+            try:
+                if self.writer is None:
+                    raise Busy()
+                user_id = guarded(self.writer.read, "dropbox_owner")(repo.dropbox_owner_on, found.org_id, found.token)
+            except Busy:
+                user_id = await self.pool.run(guarded(repo.dropbox_owner), self.engine, found.org_id, found.token)
             return dropbox_route(rules, found.org_id, user_id)
         return found
 
@@ -115,15 +128,26 @@ class Gateway:
     async def deliver(
         self, rules: RuleIndex, routes: list[Route], raw: bytes, envelope_sender: str
     ) -> list[Reply]:
-        """Parse once and file for every route, in one worker job (one hop off the
-        loop per message); then replies, logs and metrics back on the loop."""
+        """Parse once and file for every route in one job: in a worker, or (SQLite, small
+        messages) in the loop's next batch transaction; each recipient's reply only
+        after the commit."""
         started = time.monotonic()
+        big = len(raw) > BIG_MESSAGE_BYTES
         try:
-            parsed, outcomes = await self.pool.run(self._work, rules, routes, raw, envelope_sender,
-                                                   big=len(raw) > BIG_MESSAGE_BYTES)
+            try:
+                if self.writer is None or len(raw) > INLINE_MAX_BYTES:
+                    raise Busy()
+                parsed, outcomes = await self.writer.run(self._work, rules, routes, raw, envelope_sender)
+            except Busy:
+                parsed, outcomes = await self.pool.run(self._work, rules, routes, raw, envelope_sender, big=big)
         except PermanentFailure as exc:
             log.info("message_unparseable", reason=exc.detail, size=len(raw))
             return [exc.reply] * len(routes)
+        except sqlalchemy.exc.SQLAlchemyError as exc:  # a writer batch failed as a whole
+            failure = database_failure(exc)
+            log.warning("recipient_decision", outcome="deferred", code=failure.reply.code,
+                        status=failure.reply.status, reason=failure.detail, duration_ms=_ms(started))
+            return [failure.reply] * len(routes)
         replies = []
         for route, (result, error) in zip(routes, outcomes):
             replies.append(await self._reply(route, parsed, envelope_sender, result, error, started))
@@ -131,9 +155,13 @@ class Gateway:
 
     def _work(self, rules: RuleIndex, routes: list[Route], raw: bytes,
               envelope_sender: str) -> tuple[ParsedMessage, list[tuple[repo.FilingResult | None, Exception | None]]]:
-        """In a worker: parse, then each route's filing in its own transaction."""
-        with metrics.timed(metrics.processing_duration, stage="parse"):
-            parsed = parse_message(raw)
+        """Off the loop: parse, then file for each route."""
+        parsed = _parse(raw)
+        return parsed, self._file_all(rules, routes, parsed, envelope_sender)
+
+    def _file_all(self, rules: RuleIndex, routes: list[Route], parsed: ParsedMessage,
+                  envelope_sender: str) -> list[tuple[repo.FilingResult | None, Exception | None]]:
+        """Each route's filing in its own transaction (a savepoint in a writer batch)."""
         outcomes: list[tuple[repo.FilingResult | None, Exception | None]] = []
         for route in routes:
             try:
@@ -141,7 +169,7 @@ class Gateway:
                     outcomes.append((guarded(self.filers[type(route)])(rules, route, parsed, envelope_sender), None))
             except Exception as exc:  # turned into a reply on the loop
                 outcomes.append((None, exc))
-        return parsed, outcomes
+        return outcomes
 
     async def _reply(self, route: Route, parsed: ParsedMessage, envelope_sender: str,
                      result: repo.FilingResult | None, error: Exception | None, started: float) -> Reply:
@@ -204,6 +232,11 @@ class Gateway:
         log.error("quarantined", org=route.org_id, route=route.kind, attempts=attempts, quarantine_id=kept,
                   error=error[:300])
         return REPLIES.quarantined
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    with metrics.timed(metrics.processing_duration, stage="parse"):
+        return parse_message(raw)
 
 
 def count_result(route: Route, result: repo.FilingResult) -> None:

@@ -433,3 +433,35 @@ def test_read_data_big_message_refused_after_reading_to_the_end(kib: int, parts:
     assert got is None and rest == b"QUIT\r\n"
     got, rest = asyncio.run(_feed_and_read(wire, [len(wire) * i // parts for i in range(parts)], limit + 1))
     assert got == body and rest == b"QUIT\r\n"
+
+
+# --------------------------------------------------------------------------
+# MAIL/RCPT paths: the fast parser agrees with aiosmtpd's wherever it answers
+
+_path_chars = st.sampled_from(list("ab.-_+@<>\"[]: \t\r\n()\\=,;Z9")) | st.characters()
+
+
+@FAST
+@given(st.text(_path_chars, max_size=40))
+@example("<a.b+c@x-y.z> SIZE=100 BODY=8BITMIME")
+@example("<a@b>\tX")
+@example("<a..b@c>")
+@example("<a@b.>")
+def test_fast_path_parser_agrees_with_aiosmtpd(arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from gateway.smtp.server import fast_getaddr
+
+    reference = SMTP.__new__(SMTP)
+    reference.local_part_limit = 0
+    found = fast_getaddr(arg)
+    if found is not None:
+        assert found == SMTP._getaddr(reference, arg)
+
+
+def test_fast_path_parser_takes_the_common_paths() -> None:
+    from gateway.smtp.server import fast_getaddr
+
+    assert fast_getaddr("<hashimoto@zylker.example> SIZE=1024") == ("hashimoto@zylker.example", "SIZE=1024")
+    assert fast_getaddr("<bcc-abc123@crm.zylker.example>") == ("bcc-abc123@crm.zylker.example", "")
+    assert fast_getaddr('<"quoted"@b.example>') is None  # left to aiosmtpd

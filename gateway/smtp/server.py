@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Callable
 
 from aiosmtpd.lmtp import LMTP
@@ -94,8 +95,28 @@ def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
     reader._buffer[:0] = data  # type: ignore[attr-defined]
 
 
+# <dot-atom@domain> followed by nothing or by parameters: what nearly every MAIL
+# and RCPT carries.  RFC 5322 atext for the local part, LDH labels for the domain.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(|\s.*)", re.DOTALL)
+
+
+def fast_getaddr(arg: str) -> tuple[str, str] | None:
+    """The (address, rest) aiosmtpd's _getaddr would return for a plain path, without
+    its RFC 5322 header parser (~10 % of the loop's CPU at 1 KB); None: not plain."""
+    found = _SIMPLE_PATH.fullmatch(arg.lstrip())
+    return (found.group(1), found.group(2).lstrip(" \t")) if found else None
+
+
 class _DataMixin:
     """Replaces smtp_DATA for SMTP, LMTP and submission; counts sessions."""
+
+    def _getaddr(self, arg: str):  # type: ignore[no-untyped-def]
+        found = fast_getaddr(arg) if arg else None
+        if found is None or (self.local_part_limit  # type: ignore[attr-defined]
+                             and len(found[0].rpartition("@")[0]) > self.local_part_limit):  # type: ignore[attr-defined]
+            return super()._getaddr(arg)  # type: ignore[misc]
+        return found
 
     lmtp = False
     _counted = False

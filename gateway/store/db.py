@@ -99,7 +99,7 @@ DRY_RUN: ContextVar[bool] = ContextVar("gateway_dry_run", default=False)
 _sqlite_writers: dict[int, threading.Lock] = {}
 
 
-def _writer_lock(engine: Engine) -> threading.Lock | None:
+def writer_lock(engine: Engine) -> threading.Lock | None:
     if engine.dialect.name != "sqlite":
         return None
     lock = _sqlite_writers.get(id(engine))
@@ -108,11 +108,21 @@ def _writer_lock(engine: Engine) -> threading.Lock | None:
     return lock
 
 
+# Set while gateway.store.writer runs a batch: write_transaction calls made on this
+# thread then run inside the batch's transaction (the batch keeps a savepoint per job).
+batch = threading.local()
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that will write: committed on success, rolled back on error
-    (and always rolled back in a dry run)."""
-    lock = _writer_lock(engine)
+    (and always rolled back in a dry run).  Inside a writer batch: the batch's."""
+    conn = getattr(batch, "conn", None)
+    if conn is not None and conn.engine is engine:
+        with savepoint(conn):
+            yield conn
+        return
+    lock = writer_lock(engine)
     if lock is None:
         with _transaction(engine) as conn:
             yield conn
@@ -125,6 +135,27 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
     finally:
         lock.release()
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A SAVEPOINT straight on the driver connection (SQLAlchemy's begin_nested costs
+    ~0.1 ms; this ~10 us): undone alone on error, kept otherwise."""
+    driver = conn.connection.driver_connection
+    depth = getattr(batch, "depth", 0) + 1
+    batch.depth = depth
+    name = f"gateway_sp{depth}"
+    driver.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        driver.execute(f"ROLLBACK TO {name}")
+        driver.execute(f"RELEASE {name}")
+        raise
+    else:
+        driver.execute(f"RELEASE {name}")
+    finally:
+        batch.depth = depth - 1
 
 
 @contextmanager

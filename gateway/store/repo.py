@@ -119,7 +119,11 @@ def regenerate_dropbox(engine: Engine, org_id: str, user_id: int) -> str:
 def dropbox_owner(engine: Engine, org_id: str, token: str) -> int | None:
     """The user id a dropbox token belongs to, within one organisation."""
     with engine.connect() as conn:
-        return conn.execute(_stmts(conn).dropbox_owner, {"b_token": token, "b_org": org_id}).scalar_one_or_none()
+        return dropbox_owner_on(conn, org_id, token)
+
+
+def dropbox_owner_on(conn: Connection, org_id: str, token: str) -> int | None:
+    return conn.execute(_stmts(conn).dropbox_owner, {"b_token": token, "b_org": org_id}).scalar_one_or_none()
 
 
 # --- filing -----------------------------------------------------------------------
