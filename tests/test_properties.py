@@ -465,3 +465,22 @@ def test_fast_path_parser_takes_the_common_paths() -> None:
     assert fast_getaddr("<hashimoto@zylker.example> SIZE=1024") == ("hashimoto@zylker.example", "SIZE=1024")
     assert fast_getaddr("<bcc-abc123@crm.zylker.example>") == ("bcc-abc123@crm.zylker.example", "")
     assert fast_getaddr('<"quoted"@b.example>') is None  # left to aiosmtpd
+
+
+_header_chars = st.sampled_from(list("ab Z9.-_+@<>\",;:()[]\\=?\t")) | st.characters()
+
+
+@FAST
+@given(st.lists(st.text(_header_chars, max_size=40), min_size=1, max_size=3))
+@example(["Taro Hashimoto <h@z.example>, b@c.example"])
+@example(["  Taro   Hashimoto   <h@z>  "])
+@example([",a@b"])
+@example(["a@b,"])
+def test_plain_address_fast_path_agrees_with_getaddresses(values: list[str]) -> None:
+    import email.utils
+
+    from gateway.ingest.parse import plain_addresses
+
+    found = plain_addresses(values)
+    if found is not None:
+        assert found == email.utils.getaddresses(values)

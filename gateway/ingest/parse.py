@@ -506,12 +506,37 @@ def _content_type(msg: Message) -> str:
         return "text/plain"
 
 
+_PLAIN_ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_MAILBOX = re.compile(rf"[ \t]*(?:([A-Za-z0-9_ \t-]*?)[ \t]*<({_PLAIN_ADDR})>|({_PLAIN_ADDR}))[ \t]*")
+
+
+def plain_addresses(values: list[str]) -> list[tuple[str, str]] | None:
+    """getaddresses() for the common header: ``Name <a@b>`` or ``a@b``, comma
+    separated, ASCII, no quotes, comments or encoded words -- a regular expression
+    instead of the RFC 5322 parser (a third of a 1 KB message's parse).  None when
+    any value is not that plain; then getaddresses() is used."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        for part in value.split(","):
+            found = _PLAIN_MAILBOX.fullmatch(part)
+            if found is None:
+                return None
+            if found.group(3):
+                pairs.append(("", found.group(3)))
+            else:
+                pairs.append((" ".join(found.group(1).split()), found.group(2)))
+    return pairs
+
+
 def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
     values = msg.get_all(name) or []
     if not values:
         return ()
+    unfolded = [_unfold(v) for v in values]
     try:
-        pairs = email.utils.getaddresses([_unfold(v) for v in values])
+        pairs = plain_addresses(unfolded)
+        if pairs is None:
+            pairs = email.utils.getaddresses(unfolded)
     except Exception:
         return ()
     out = []

@@ -21,6 +21,7 @@ from gateway.ingest.parse import ParsedMessage
 from gateway.rules.index import RuleIndex
 from gateway.store import models as m
 from gateway.store.db import write_transaction
+from gateway.store.prepared import Prepared
 
 Kind = Literal["lead", "contact"]
 _PERSON_TABLES: dict[str, Table] = {"lead": m.Lead.__table__, "contact": m.Contact.__table__}  # type: ignore[dict-item]
@@ -123,7 +124,7 @@ def dropbox_owner(engine: Engine, org_id: str, token: str) -> int | None:
 
 
 def dropbox_owner_on(conn: Connection, org_id: str, token: str) -> int | None:
-    return conn.execute(_stmts(conn).dropbox_owner, {"b_token": token, "b_org": org_id}).scalar_one_or_none()
+    return _stmts(conn).p_dropbox_owner.scalar(conn, {"b_token": token, "b_org": org_id})
 
 
 # --- filing -----------------------------------------------------------------------
@@ -192,6 +193,21 @@ class _Statements:
         dropbox = m.DropboxAddress.__table__
         self.dropbox_owner = select(dropbox.c.user_id).where(dropbox.c.token == bindparam("b_token"),
                                                              dropbox.c.org_id == bindparam("b_org"))
+        # Compiled once, run on the driver's cursor (gateway/store/prepared.py).
+        prep = lambda statement, keys=None: Prepared(statement, conn.dialect, keys)  # noqa: E731
+        self.p_claim = prep(self.claim)
+        self.p_finish = prep(self.finish)
+        self.p_link = prep(self.link)
+        self.p_find = {kind: prep(st) for kind, st in self.find.items()}
+        self.p_create = {kind: prep(st) for kind, st in self.create.items()}
+        self.p_email = prep(self.email, EMAIL_KEYS)
+        self.p_raw = prep(self.raw, ("email_id", "org_id", "content"))
+        self.p_dropbox_owner = prep(self.dropbox_owner)
+
+
+EMAIL_KEYS = ("org_id", "message_id", "subject", "from_name", "from_address", "to_addresses", "cc_addresses",
+              "date", "received_at", "sort_at", "kind", "direction", "source", "filed_by_user_id", "text_body",
+              "html_body", "size", "digest", "in_reply_to", "references")
 
 
 _statements: dict[str, _Statements] = {}
@@ -210,17 +226,17 @@ def claim_delivery(conn: Connection, org_id: str, route: str, parsed: ParsedMess
     It goes in first: a concurrent duplicate waits on it (or, on SQLite, on the
     write lock) and then files nothing.
     """
-    return conn.execute(_stmts(conn).claim, {
+    return _stmts(conn).p_claim.scalar(conn, {
         "org_id": org_id, "route": route, "message_key": message_key(parsed), "decision": decision,
-        "created_at": now()}).scalar_one_or_none()
+        "created_at": now()})
 
 
 def finish_delivery(conn: Connection, delivery_id: int, email_id: int | None, decision: dict[str, Any]) -> None:
-    conn.execute(_stmts(conn).finish, {"b_id": delivery_id, "b_email_id": email_id, "b_decision": decision})
+    _stmts(conn).p_finish.run(conn, {"b_id": delivery_id, "b_email_id": email_id, "b_decision": decision})
 
 
 def link(conn: Connection, org_id: str, email_id: int, kind: str, target_id: int) -> None:
-    conn.execute(_stmts(conn).link, {"org_id": org_id, "email_id": email_id, "kind": kind, "target_id": target_id})
+    _stmts(conn).p_link.run(conn, {"org_id": org_id, "email_id": email_id, "kind": kind, "target_id": target_id})
 
 
 def file_message(
@@ -261,18 +277,19 @@ def find_or_create(
     st = _stmts(conn)
     key = {"b_org": org_id, "b_email": wanted.address}
     for kind in wanted.search:
-        found = conn.execute(st.find[kind], key).scalar_one_or_none()
+        found = st.p_find[kind].scalar(conn, key)
         if found is not None:
             return kind, found, "matched"
     # SPEC 2.7: without a name, the address is both the email and the last name.
-    created = conn.execute(st.create[wanted.creates], {
+    created = st.p_create[wanted.creates].scalar(conn, {
         "org_id": org_id, "email": wanted.address, "first_name": first_name,
         "last_name": last_name or wanted.address, "owner_id": owner_id, "source": source, "created_at": now(),
-    }).scalar_one_or_none()
+    })
     if created is not None:
         return wanted.creates, created, "created"
     # Another delivery created it a moment ago (and has committed: we waited on it).
-    existing = conn.execute(st.find[wanted.creates], key).scalar_one()
+    existing = st.p_find[wanted.creates].scalar(conn, key)
+    assert existing is not None
     return wanted.creates, existing, "matched"
 
 
@@ -284,7 +301,7 @@ def store_email(
 
     st = _stmts(conn)
     arrived = now()
-    email_id = conn.execute(st.email, {
+    email_id = st.p_email.scalar(conn, {
         "org_id": org_id,
         "message_id": p.message_id,
         "subject": p.subject,
@@ -305,8 +322,9 @@ def store_email(
         "digest": p.digest,
         "in_reply_to": list(p.in_reply_to),
         "references": list(p.references),
-    }).scalar_one()
-    conn.execute(st.raw, {"email_id": email_id, "org_id": org_id, "content": p.raw})
+    })
+    assert email_id is not None
+    st.p_raw.run(conn, {"email_id": email_id, "org_id": org_id, "content": p.raw})
     if p.attachments:
         conn.execute(st.attachments, [
             {"org_id": org_id, "email_id": email_id, "filename": a.filename,

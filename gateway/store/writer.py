@@ -33,7 +33,7 @@ from gateway.store import db
 T = TypeVar("T")
 INLINE_MAX_BYTES = 128 * 1024  # parse + file of 100 KB: ~1 ms of loop time
 MAX_BATCH = 32                 # jobs per transaction (bounds one loop stall)
-CHECKPOINT_SECONDS = 0.5       # WAL checkpoint (in a worker) at most this often
+CHECKPOINT_SECONDS = 0.25       # WAL checkpoint (in a worker) at most this often
 BUSY_WAIT_SECONDS = 0.05       # lock taken this long: the jobs go to workers instead
 
 
