@@ -2,8 +2,10 @@
 
 RCPT: address → route (rules in memory; a dropbox token is checked in the database
 so a regenerated address stops working at once in every process).
-DATA: the message is parsed once in a worker; each route files it in its own short
-transaction; each recipient gets its own reply, 250 only after its commit.
+DATA: the message is parsed once, in a worker (or, on SQLite and up to 128 KB, in the
+loop's next group-commit batch, gateway/store/writer.py); each route files it in its
+own transaction (a savepoint in a batch); each recipient gets its own reply, 250 only
+after the commit.
 """
 
 from __future__ import annotations
