@@ -97,7 +97,8 @@ class App:
         self.gateway = Gateway(self.engine, rules, self.pool,
                                ConnectionLimits(s.limits.max_connections, s.limits.max_connections_per_client),
                                quarantine_after=s.limits.quarantine_after_attempts,
-                               writer=LoopWriter(self.engine) if db.is_sqlite(self.engine) else None)
+                               writer=LoopWriter(self.engine) if db.is_sqlite(self.engine) else None,
+                               big_in_memory=s.limits.big_messages_in_memory)
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
                 continue

@@ -25,7 +25,7 @@ from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, c
 from gateway.rules.index import RuleIndex
 from gateway.store import repo
 from gateway.store.writer import INLINE_MAX_BYTES, Busy, LoopWriter
-from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
+from gateway.workers import BIG_MESSAGE_BYTES, BigMessages, WorkerPool
 
 log = logs.get("gateway.delivery")
 
@@ -76,12 +76,14 @@ class ConnectionLimits:
 class Gateway:
     def __init__(self, engine: Engine, rules: RuleIndex, pool: WorkerPool,
                  connections: ConnectionLimits | None = None, quarantine_after: int = 5,
-                 writer: LoopWriter | None = None):
+                 writer: LoopWriter | None = None, big_in_memory: int = 4):
         self.engine = engine
         self._rules = rules
         self.pool = pool
         # SQLite: small messages are filed on the loop in batches (store/writer.py).
         self.writer = writer
+        # Messages over 1 MB held in memory at once (reading waits beyond that).
+        self.big_messages = BigMessages(big_in_memory)
         # Set on SIGTERM: new commands get 421 4.3.2.
         self.stopping = False
         # Transactions between 354 and their last reply (the stop waits for them).

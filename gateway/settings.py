@@ -78,6 +78,9 @@ class Limits(_Strict):
     workers: int = Field(4, ge=1, le=64)
     # How many messages over 1 MB are parsed at once (each costs ~8x its size).
     big_message_slots: int = Field(2, ge=1, le=64)
+    # How many messages over 1 MB are held in memory at once; DATA of further big
+    # messages is not read until one is answered (TCP back-pressure).
+    big_messages_in_memory: int = Field(4, ge=1, le=1000)
     session_timeout_seconds: float = Field(300.0, gt=0)
     # Sessions at once, in all and per client address; beyond them 421 4.7.0.
     max_connections: int = Field(500, ge=1, le=100000)

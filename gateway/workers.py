@@ -40,3 +40,53 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=False)
+
+
+class BigMessages:
+    """At most ``slots`` messages over 1 MB held in memory at once, from the moment a
+    DATA buffer passes 1 MB until that delivery is answered.  Other big messages stop
+    being read (TCP back-pressure keeps them in the sender's buffers, not in ours):
+    50 concurrent 10 MB messages would otherwise all be buffered whole at once."""
+
+    def __init__(self, slots: int):
+        self._slots = slots
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def slot(self) -> "BigSlot":
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._slots)
+        return BigSlot(self._semaphore)
+
+
+class BigSlot:
+    """One DATA transaction's claim on a big-message slot (taken at most once)."""
+
+    def __init__(self, semaphore: asyncio.Semaphore):
+        self._semaphore = semaphore
+        self.held = False
+
+    async def take(self, keepalive: Callable[[], None] | None = None) -> None:
+        """Wait for a slot; ``keepalive`` every few seconds meanwhile (we are the ones
+        not reading, so the session's idle timeout must not count this wait)."""
+        if self.held:
+            return
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal timer
+            if keepalive is not None:
+                keepalive()
+            timer = loop.call_later(5.0, tick)
+
+        timer = loop.call_later(5.0, tick)
+        try:
+            await self._semaphore.acquire()
+        finally:
+            timer.cancel()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._semaphore.release()

@@ -382,3 +382,26 @@ def test_sqlite_disk_full_answers_451(config_dir, small_disk):
         assert g.count("emails") == 3
     finally:
         g.stop()
+
+
+def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, database_url):
+    """limits.big_messages_in_memory = 1: of three concurrent 3 MB messages one is
+    buffered at a time, the others wait (not read); all three are filed, and the loop
+    keeps answering other sessions meanwhile."""
+    _edit(config_dir, "big_messages_in_memory = 4", "big_messages_in_memory = 1")
+    g = Gateway(config_dir, database_url).start()
+    try:
+        box = g.dropbox(H)
+        assert g.app.gateway.big_messages._slots == 1
+        payloads = [message(message_id=f"<big-{i}@zylker.example>", body=("line %d of a big quotation\n" % i) * 120_000)
+                    for i in range(3)]
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(g.lmtp, H, [box], data) for data in payloads]
+            with g.lmtp_client() as other:
+                before = time.monotonic()
+                assert other.noop()[0] == 250
+                assert time.monotonic() - before < 1.0
+            assert [f.result(120).codes for f in futures] == [[250]] * 3
+        assert sorted(e["message_id"] for e in g.export()["emails"]) == [f"big-{i}@zylker.example" for i in range(3)]
+    finally:
+        g.stop()

@@ -23,6 +23,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 from gateway.replies import REPLIES, Reply
+from gateway.workers import BIG_MESSAGE_BYTES, BigSlot
 
 log = logging.getLogger("gateway.smtp")
 
@@ -35,13 +36,15 @@ class MessageTooBig(Exception):
 
 
 async def read_data(reader: asyncio.StreamReader, limit: int | None,
-                    on_progress: "Callable[[], None] | None" = None) -> bytes:
+                    on_progress: "Callable[[], None] | None" = None, big: "BigSlot | None" = None) -> bytes:
     """Read a DATA section up to and including the terminating line.
 
     Returns the dot-unstuffed message; raises MessageTooBig (after reading to the
     end) when it exceeds ``limit`` octets, holding no more than limit + one chunk.
     ``on_progress`` is called per chunk (the session's idle timer restarts: RFC 5321
     4.5.3.2.6 times each TCP send of a DATA block, not the whole message).
+    ``big``: taken once more than BIG_MESSAGE_BYTES are buffered (reading pauses
+    until it is free); the caller releases it after the delivery.
     """
     # A virtual CRLF in front lets one search find a terminator on the first line.
     buf = bytearray(b"\r\n")
@@ -58,6 +61,8 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
         if on_progress is not None:
             on_progress()
         buf += chunk
+        if big is not None and not big.held and not too_big and len(buf) > BIG_MESSAGE_BYTES:
+            await big.take(on_progress)
         end = buf.find(_END, scan_from)
         if end >= 0:
             leftover = bytes(buf[end + len(_END):])
@@ -176,9 +181,11 @@ class _DataMixin:
         await self.push("354 End data with <CR><LF>.<CR><LF>")  # type: ignore[attr-defined]
         count = len(envelope.rcpt_tos)
         handler.gateway.in_flight += 1
+        big = handler.gateway.big_messages.slot()
         try:
             try:
-                data = await read_data(self._reader, self.data_limit, self._reset_timeout)  # type: ignore[attr-defined]
+                data = await read_data(self._reader, self.data_limit, self._reset_timeout,  # type: ignore[attr-defined]
+                                       big)
             except MessageTooBig:
                 log.info("message over size limit refused during DATA")
                 handler.count_replies("data", [REPLIES.too_big] * count)
@@ -197,6 +204,7 @@ class _DataMixin:
             self._set_post_data_state()  # type: ignore[attr-defined]
             await self.push(status)  # type: ignore[attr-defined]
         finally:
+            big.release()
             handler.gateway.in_flight -= 1
 
 
