@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.ingest.parse import ParsedMessage
 from gateway.rules.index import RuleIndex
 from gateway.store import models as m
-from gateway.store.db import write_transaction
+from gateway.store.db import reader, write_transaction
 from gateway.store.prepared import Prepared
 
 Kind = Literal["lead", "contact"]
@@ -119,7 +119,7 @@ def regenerate_dropbox(engine: Engine, org_id: str, user_id: int) -> str:
 
 def dropbox_owner(engine: Engine, org_id: str, token: str) -> int | None:
     """The user id a dropbox token belongs to, within one organisation."""
-    with engine.connect() as conn:
+    with reader(engine) as conn:
         return dropbox_owner_on(conn, org_id, token)
 
 
