@@ -50,11 +50,9 @@ class BigMessages:
 
     def __init__(self, slots: int):
         self._slots = slots
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore = asyncio.Semaphore(slots)  # binds to the loop at first use (3.10+)
 
     def slot(self) -> "BigSlot":
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self._slots)
         return BigSlot(self._semaphore)
 
 
@@ -71,7 +69,6 @@ class BigSlot:
         if self.held:
             return
         loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
 
         def tick() -> None:
             nonlocal timer
