@@ -3,9 +3,29 @@
 Lower-cased as a whole (CRMs match customers case-insensitively; RFC 5321 allows
 case-sensitive local parts but no real mailbox relies on it) and the domain in its
 IDNA (punycode) form so Unicode and ASCII spellings of a domain meet.
+
+IDNA 2008 with the UTS 46 mapping (the ``idna`` package), not the stdlib's IDNA 2003
+codec: that one maps ``faß.example`` to ``fass.example``, merging two different
+domains; here ``faß.example`` is ``xn--fa-hia.example``.  A domain IDNA 2008 refuses
+(symbols, a label too long) is kept lower-cased as written.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
+
+import idna
+
+
+@lru_cache(maxsize=4096)
+def normalise_domain(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return domain
 
 
 def normalise(address: str) -> str:
@@ -13,12 +33,7 @@ def normalise(address: str) -> str:
     local, at, domain = address.rpartition("@")
     if not at:
         return address.lower()
-    domain = domain.rstrip(".").lower()
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
-    return f"{local.lower()}@{domain}"
+    return f"{local.lower()}@{normalise_domain(domain)}"
 
 
 def domain_of(address: str) -> str:

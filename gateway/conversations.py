@@ -76,20 +76,24 @@ def find_thread(
     prefix: str,
 ) -> ThreadMatch:
     emails, links, records = m.Email.__table__, m.Link.__table__, m.Record.__table__
+    parts = m.Participant.__table__
     candidates, ids = header_evidence(parsed)
     if ids:
+        # A Message-ID may be on several records (mailers that reuse ids): the one
+        # the sender takes part in wins, then the newest.
         rows = conn.execute(
-            select(emails.c.message_id, links.c.target_id)
+            select(emails.c.message_id, links.c.target_id, parts.c.id.is_not(None))
             .join(links, (links.c.email_id == emails.c.id) & (links.c.kind == "record"))
             .join(records, records.c.id == links.c.target_id)
+            .outerjoin(parts, (parts.c.record_id == links.c.target_id) & (parts.c.address == sender))
             .where(emails.c.org_id == org_id, emails.c.message_id.in_(ids), records.c.pipeline_id == pipeline_id)
         ).all()
-        by_mid: dict[str, int] = {}
-        for mid, record_id in rows:
-            by_mid[mid] = max(record_id, by_mid.get(mid, 0))
+        by_mid: dict[str, tuple[bool, int]] = {}
+        for mid, record_id, participant in rows:
+            by_mid[mid] = max((bool(participant), record_id), by_mid.get(mid, (False, 0)))
         for method, mid in candidates:
             if mid in by_mid:
-                return ThreadMatch(by_mid[mid], method, mid)
+                return ThreadMatch(by_mid[mid][1], method, mid)
     ignored = ""
     for record_id in tokens_in(parsed.subject, record_token, prefix):
         token = format_token(record_token, prefix, record_id)
@@ -99,7 +103,6 @@ def find_thread(
         ).scalar_one_or_none()
         if exists is None:
             continue
-        parts = m.Participant.__table__
         known = conn.execute(
             select(parts.c.id).where(parts.c.record_id == record_id, parts.c.address == sender)
         ).scalar_one_or_none()

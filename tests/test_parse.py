@@ -389,7 +389,8 @@ def test_multipart_report_delivery_status():
     assert msg.content_type == "multipart/report"
     assert msg.report_type == "delivery-status"
     assert msg.text_body == "Delivery failed."
-    assert [a.content_type for a in msg.attachments] == ["message/delivery-status"]
+    # every part that is not the text is kept, the returned headers too
+    assert [a.content_type for a in msg.attachments] == ["message/delivery-status", "text/rfc822-headers"]
 
 
 # ---------------------------------------------------------------- broken MIME

@@ -47,19 +47,23 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import Message
+from typing import Iterator
 
 from charset_normalizer import from_bytes as _detect_charsets
 from inscriptis import get_text as _inscriptis_text
 
+from gateway import logs
 from gateway.errors import MalformedMessage
 from gateway.ingest import jis
+
+log = logs.get("gateway.parse")
 
 try:  # mail-parser's tolerant RFC 5322 date interpreter (returns UTC values)
     from mailparser.dates import parse_mail_date as _mp_parse_date
 except Exception:  # pragma: no cover - mail-parser missing or reorganised
     _mp_parse_date = None
 
-__all__ = ["Address", "AttachmentInfo", "ParsedMessage", "parse_message"]
+__all__ = ["Address", "AttachmentInfo", "ParsedMessage", "attachment", "parse_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,11 @@ class ParsedMessage:
     content_type: str
     report_type: str
     headers: tuple[tuple[str, str], ...]
+    # Parts not looked at (nested deeper than the walker goes, or past its count);
+    # the raw message keeps them.
+    skipped_parts: int = 0
+    # No text, no attachment, yet a non-blank body: something was not understood.
+    empty_body: bool = False
 
     def header(self, name: str) -> str | None:
         """First value of the header ``name`` (case-insensitive), or None."""
@@ -253,33 +262,96 @@ def _decode_text(data: bytes, label: str | None) -> str:
     return data.decode(fallback, "replace")
 
 
-def _decode_raw_header(data: bytes) -> str:
-    """Undeclared 8-bit header bytes: UTF-8, then CP932, then UTF-8 with replacement."""
-    if data.isascii():
-        return data.decode("ascii")
-    for codec in ("utf-8", "cp932"):
+# Undeclared 8-bit header text, after UTF-8 and the charsets the message declares:
+# the two encodings such mail is really written in here (Japanese and Western).
+_GUESSES = ("cp932", "cp1252")
+# Detection only picks among these (unrestricted, it names cp1006 for "Formação").
+_DETECT_HEADER = ["cp932", "euc_jp", "cp1252", "iso8859_2", "cp1251", "iso8859_7", "gb18030", "cp949", "big5"]
+# Non-letters that Japanese text uses (CJK punctuation, fullwidth forms, ①, Ⅰ, №).
+_JA_MARKS = re.compile("[\u3000-\u303f\uff00-\uffef\u2460-\u24ff\u2100-\u218f\u2500-\u257f\u3200-\u33ff]")
+
+
+def _script(ch: str) -> str:
+    """A coarse script of a letter: latin, cyrillic, greek, cjk (kana and han), other."""
+    o = ord(ch)
+    if o < 0x250 or 0x1E00 <= o < 0x1F00:
+        return "latin"
+    if 0x400 <= o < 0x530:
+        return "cyrillic"
+    if 0x370 <= o < 0x400:
+        return "greek"
+    if 0x3040 <= o < 0xA000 or 0xF900 <= o < 0xFB00 or 0xFF00 <= o < 0xFFF0 or 0x20000 <= o:
+        return "cjk"
+    return "other"
+
+
+def _oddness(text: str) -> float:
+    """How unlike real text a decoding looks: non-ASCII symbols outside the marks
+    Japanese uses, and letters whose script changes inside a word ("Forma輦o",
+    "Formaзгo" are what "Formação" becomes in the wrong codec).  0 is plausible."""
+    score = 0.0
+    previous = ""
+    for ch in text:
+        if ch.isalpha():
+            script = _script(ch)
+            if previous and previous != script:
+                score += 1
+            previous = script
+            if "\uff61" <= ch <= "\uff9f":  # half-width katakana: rare, and EUC-JP read as CP932
+                score += 0.5
+            continue
+        previous = ""
+        if ord(ch) < 0x80 or ch.isdigit() or ch.isspace() or _JA_MARKS.match(ch):
+            continue
+        score += 1  # a symbol or control character where text was expected
+    return score
+
+
+def _decode_undeclared(data: bytes, hints: tuple[str, ...] = ()) -> str:
+    """8-bit bytes whose charset is not declared (or was declared wrongly): UTF-8,
+    then the charsets the message declares elsewhere (``hints``, in order), then
+    the most plausible of CP932 / Windows-1252 and, for longer text, of what
+    charset-normalizer detects among a few common charsets."""
+    text = _try_decode(data, "utf-8")
+    if text is not None:
+        return text
+    for codec in hints:
+        text = _try_decode(data, codec)
+        if text is not None and _oddness(text) == 0:
+            return text
+    scored: list[tuple[float, int, str]] = []
+    for order, codec in enumerate(dict.fromkeys((*hints, *_GUESSES))):
         text = _try_decode(data, codec)
         if text is not None:
-            return text
+            scored.append((_oddness(text), order, text))
+    if (not scored or min(scored)[0] > 0) and len(data) >= _DETECT_MIN:
+        try:
+            best = _detect_charsets(data, cp_isolation=_DETECT_HEADER).best()
+        except Exception:
+            best = None
+        if best is not None:
+            scored.append((_oddness(str(best)), len(scored) + 1, str(best)))
+    if scored:
+        return min(scored)[2]
     return data.decode("utf-8", "replace")
 
 
-def _decode_header_bytes(data: bytes, label: str | None) -> str:
-    """Bytes of an RFC 2047 / RFC 2231 value in charset ``label``."""
-    if label is None:
-        return _decode_raw_header(data)
-    candidates = _codecs_for(label)
-    for codec in candidates:
-        text = _try_decode(data, codec)
-        if text is not None:
-            return text
-    if not candidates:
-        return _decode_raw_header(data)
-    for codec in ("utf-8", "cp932"):
-        text = _try_decode(data, codec)
-        if text is not None:
-            return text
-    return data.decode(candidates[0], "replace")
+def _decode_raw_header(data: bytes, hints: tuple[str, ...] = ()) -> str:
+    """Undeclared 8-bit header bytes (see _decode_undeclared)."""
+    if data.isascii():
+        return data.decode("ascii")
+    return _decode_undeclared(data, hints)
+
+
+def _decode_header_bytes(data: bytes, label: str | None, hints: tuple[str, ...] = ()) -> str:
+    """Bytes of an RFC 2047 / RFC 2231 value in charset ``label``; when they are
+    not in that charset, as undeclared bytes."""
+    if label is not None:
+        for codec in _codecs_for(label):
+            text = _try_decode(data, codec)
+            if text is not None:
+                return text
+    return _decode_raw_header(data, hints)
 
 
 # --------------------------------------------------------------------------
@@ -296,21 +368,35 @@ def _unfold(value: str) -> str:
     return value
 
 
-def _decode_header_value(value: str) -> str:
+def _decode_header_value(value: str, hints: tuple[str, ...] = ()) -> str:
     """Decode a latin-1 raw header value: RFC 2047 words and raw 8-bit."""
     value = _unfold(value)
     if "=?" not in value:
-        return _clean(_decode_raw_header(value.encode("latin-1", "replace")))
+        return _clean(_decode_raw_header(value.encode("latin-1", "replace"), hints))
     try:
         chunks = email.header.decode_header(value)
     except Exception:
-        return _clean(_decode_raw_header(value.encode("latin-1", "replace")))
+        return _clean(_decode_raw_header(value.encode("latin-1", "replace"), hints))
     out = []
     for chunk, charset in chunks:
         if isinstance(chunk, str):
             chunk = chunk.encode("latin-1", "replace")
-        out.append(_decode_header_bytes(chunk, charset))
+        out.append(_decode_header_bytes(chunk, charset, hints))
     return _clean("".join(out))
+
+
+_ENCODED_WORD_CHARSET = re.compile(r"=\?([^?*\s]{1,40})(?:\*[^?]*)?\?[bBqQ]\?")
+
+
+def _declared_charsets(labels: list[str]) -> tuple[str, ...]:
+    """Codecs for the charset labels a message declares, in order, without the
+    ASCII/UTF-8 family (always tried first anyway)."""
+    out: list[str] = []
+    for label in labels:
+        for codec in _codecs_for(label)[:1]:
+            if codec not in ("utf-8", "utf_8", "ascii") and codec not in out:
+                out.append(codec)
+    return tuple(out)
 
 
 def _raw_bytes(value: str) -> bytes:
@@ -483,7 +569,7 @@ def _param(msg: Message, name: str, header: str) -> str | tuple | None:
         return None
 
 
-def _filename(msg: Message) -> str:
+def _filename(msg: Message, hints: tuple[str, ...] = ()) -> str:
     value = _param(msg, "filename", "content-disposition")
     if value is None:
         value = _param(msg, "name", "content-type")
@@ -493,10 +579,25 @@ def _filename(msg: Message) -> str:
         if isinstance(value, tuple):  # RFC 2231: (charset, language, text)
             charset, _language, text = value
             raw = text.encode("latin-1", "replace")
-            return _clean(_decode_header_bytes(raw, charset or None)).strip()
-        return _decode_header_value(value).strip()
+            return _clean(_decode_header_bytes(raw, charset or None, hints)).strip()
+        return _decode_header_value(value, hints).strip()
     except Exception:
         return ""
+
+
+def _charset_param(msg: Message) -> str | None:
+    value = _param(msg, "charset", "content-type")
+    if isinstance(value, tuple):
+        value = value[2]
+    return value if isinstance(value, str) else None
+
+
+def _rfc2231_charset(msg: Message) -> str | None:
+    for name, header in (("filename", "content-disposition"), ("name", "content-type")):
+        value = _param(msg, name, header)
+        if isinstance(value, tuple) and value[0]:
+            return value[0]
+    return None
 
 
 def _content_type(msg: Message) -> str:
@@ -528,7 +629,69 @@ def plain_addresses(values: list[str]) -> list[tuple[str, str]] | None:
     return pairs
 
 
-def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
+def _split_list(value: str) -> list[str]:
+    """Split an address list at the commas outside quoted strings, comments and
+    angle brackets."""
+    pieces: list[str] = []
+    start = depth = 0
+    quoted = angle = False
+    i, size = 0, len(value)
+    while i < size:
+        ch = value[i]
+        if ch == "\\" and (quoted or depth):
+            i += 2
+            continue
+        if quoted:
+            quoted = ch != '"'
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")" and depth:
+            depth -= 1
+        elif depth:
+            pass
+        elif ch == "<":
+            angle = True
+        elif ch == ">":
+            angle = False
+        elif ch == "," and not angle:
+            pieces.append(value[start:i])
+            start = i + 1
+        i += 1
+    pieces.append(value[start:])
+    return [p for p in pieces if p.strip()]
+
+
+_ANGLE_ADDR = re.compile(r"^(.*?)<([^<>]*)>\s*(?:\([^()]*\)\s*)*;?\s*$", re.DOTALL)
+
+
+def _mailboxes(values: list[str]) -> list[tuple[str, str]]:
+    """(display name, address) pairs of address-list headers.  A mailbox written
+    ``name <addr>`` takes its address from the angle brackets whatever the name
+    holds: ``Mikel@Lindsaar <raasdnil@b.example>`` is one mailbox (the stdlib makes
+    two of it).  Anything else goes to email.utils.getaddresses (groups, comments,
+    bare addresses)."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        for piece in _split_list(value):
+            found = _ANGLE_ADDR.match(piece)
+            if found is None:
+                pairs.extend(email.utils.getaddresses([piece]))
+                continue
+            name = found.group(1).strip()
+            if ":" in name and not name.startswith('"'):  # "group: name <addr>"
+                name = name.split(":", 1)[1].strip()
+            if len(name) >= 2 and name[0] == name[-1] == '"':
+                name = email.utils.unquote(name)
+            address = found.group(2).strip()
+            if address.startswith("@") and ":" in address:  # obsolete source route
+                address = address.split(":", 1)[1]
+            pairs.append((name, address))
+    return pairs
+
+
+def _addresses(msg: Message, name: str, hints: tuple[str, ...] = ()) -> tuple[Address, ...]:
     values = msg.get_all(name) or []
     if not values:
         return ()
@@ -536,15 +699,15 @@ def _addresses(msg: Message, name: str) -> tuple[Address, ...]:
     try:
         pairs = plain_addresses(unfolded)
         if pairs is None:
-            pairs = email.utils.getaddresses(unfolded)
+            pairs = _mailboxes(unfolded)
     except Exception:
         return ()
     out = []
     for display, addr in pairs:
-        addr = _clean(_decode_raw_header(_raw_bytes(addr))).strip()
+        addr = _clean(_decode_raw_header(_raw_bytes(addr), hints)).strip()
         if not addr:
             continue
-        out.append(Address(name=_decode_header_value(display).strip(), address=addr))
+        out.append(Address(name=_decode_header_value(display, hints).strip(), address=addr))
     return tuple(out)
 
 
@@ -603,23 +766,38 @@ def _date(value: str | None) -> datetime | None:
 # --------------------------------------------------------------------------
 # digest
 
-# a trace field line plus its continuation lines (which start with WSP)
-_TRACE_FIELD = re.compile(
-    rb"^(?:received|return-path|delivered-to|x-original-to)[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*(?:\n|\Z)",
-    re.IGNORECASE | re.MULTILINE,
-)
+# What identifies a message's content across re-deliveries: the originator fields
+# and the body.  Not trace fields (Received, Return-Path, Delivered-To,
+# X-Original-To) nor what MTAs and filters add on the way (Authentication-Results,
+# ARC-*, X-Spam-*, DKIM-Signature...): a delivery repeated through another hop must
+# give the same digest.  Changing this changes every idempotency key (repo.message_key):
+# it needs a migration that recomputes them (see migration 0006).
+DIGEST_FIELDS = ("from", "date", "subject")
 
 
-def _digest(raw: bytes) -> str:
-    """sha256 of ``raw`` without trace fields (and their continuation lines)."""
-    # the header section ends with the line break that precedes the empty line
-    ends = [i + 2 for i in (raw.find(b"\r\n\r\n"),) if i >= 0]
-    ends += [i + 1 for i in (raw.find(b"\n\n"),) if i >= 0]
-    split = min(ends) if ends else len(raw)
+def _digest(top: Message, raw: bytes, body_start: int) -> str:
+    """sha256 of the From, Date and Subject fields (unfolded, runs of white space
+    as one space) and of the body (line ends as LF, trailing white space dropped),
+    hashed in slices so a big message is not copied whole."""
     sha = hashlib.sha256()
-    sha.update(_TRACE_FIELD.sub(b"", raw[:split]))
-    sha.update(memoryview(raw)[split:])
+    for name in DIGEST_FIELDS:
+        for value in top.get_all(name) or []:
+            sha.update(name.encode() + b":" + " ".join(value.split()).encode("latin-1", "replace") + b"\n")
+    sha.update(b"\n")
+    end = len(raw)
+    while end > body_start and raw[end - 1] in b" \t\r\n":
+        end -= 1
+    pos = body_start
+    while pos < end:
+        stop = min(pos + _DIGEST_SLICE, end)
+        if raw[stop - 1] == 0x0D and stop < end:
+            stop += 1  # keep a CR LF pair in one slice
+        sha.update(raw[pos:stop].replace(b"\r\n", b"\n"))
+        pos = stop
     return sha.hexdigest()
+
+
+_DIGEST_SLICE = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -669,13 +847,9 @@ def parse_message(raw: bytes) -> ParsedMessage:
         raise MalformedMessage(f"unparseable message ({type(exc).__name__})") from exc
 
 
-def _parse(raw: bytes) -> ParsedMessage:
-    if not isinstance(raw, (bytes, bytearray, memoryview)):
-        raise MalformedMessage("message is not bytes")
-    raw = bytes(raw)
-    if not raw.strip():
-        raise MalformedMessage("empty message")
-
+def _top(raw: bytes) -> tuple[Message, int]:
+    """The top-level header fields and where the body starts; MalformedMessage when
+    there is no header section."""
     # salvage stray leading line breaks and a mangled first line or two
     # ("F\trom: ...") when real header fields follow; an empty line after
     # that means there is no header section
@@ -688,14 +862,22 @@ def _parse(raw: bytes) -> ParsedMessage:
         if eol < 0 or raw[offset:eol].strip(b"\r") == b"":
             break
         offset = eol + 1
-    body_start = offset + start
     if field_count == 0:
         raise MalformedMessage("no header section")
+    return top, offset + start
 
-    headers = tuple(
-        (_clean(_decode_raw_header(_raw_bytes(name))).strip().lower(), _decode_header_value(value).strip())
-        for name, value in top.items()
-    )
+
+_NOT_BLANK = re.compile(rb"\S")
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise MalformedMessage("message is not bytes")
+    raw = bytes(raw)
+    if not raw.strip():
+        raise MalformedMessage("empty message")
+
+    top, body_start = _top(raw)
 
     content_type = _content_type(top)
     report_type = ""
@@ -707,14 +889,106 @@ def _parse(raw: bytes) -> ParsedMessage:
             report_type = _clean(value).strip().lower()
 
     texts: list[str] = []
+    named_texts: list[str] = []  # inline text/plain parts with a file name
     html: str | None = None
-    attachments: list[AttachmentInfo] = []
+    found: list[tuple[Message, str, int]] = []  # attachments: headers, type, size
+    labels = [m.group(1) for v in top.values() if "=?" in v for m in _ENCODED_WORD_CHARSET.finditer(v)]
+    walk = _Walk()
+    for msg, body, kind, ctype in _leaves(top, raw[body_start:], walk):
+        labels += [label for label in (_charset_param(msg), _rfc2231_charset(msg)) if label]
+        if kind in ("attachment", "named-text"):
+            payload = _decode_payload(msg, body)
+            found.append((msg, ctype, len(payload)))
+            if kind == "attachment":
+                continue
+        if kind == "html" and html is not None:
+            continue  # a second HTML alternative
+        text = _clean(_normalize_newlines(_decode_text(_decode_payload(msg, body), _charset_param(msg))))
+        if kind == "text":
+            texts.append(text)
+        elif kind == "named-text":
+            named_texts.append(text)
+        else:
+            html = text
 
-    # iterative depth-first walk in document order:
+    hints = _declared_charsets(labels) if not raw.isascii() else ()
+    attachments = [AttachmentInfo(filename=_attachment_name(msg, ctype, hints), content_type=ctype, size=size)
+                   for msg, ctype, size in found]
+    html_body = html or ""
+    if not texts:
+        texts = named_texts  # the only text is an inline part with a file name
+    text_body = "\n".join(texts)
+    if not texts and html_body:
+        text_body = _clean(_html_to_text(html_body))
+    if walk.skipped:
+        log.warning("message_parts_skipped", parts=walk.skipped, max_depth=_MAX_DEPTH, max_parts=_MAX_PARTS,
+                    size=len(raw))
+    empty_body = not text_body.strip() and not attachments and _NOT_BLANK.search(raw, body_start) is not None
+
+    def first(name: str) -> str | None:
+        value = top.get(name)
+        return value if isinstance(value, str) else None
+
+    headers = tuple(
+        (_clean(_decode_raw_header(_raw_bytes(name))).strip().lower(), _decode_header_value(value, hints).strip())
+        for name, value in top.items()
+    )
+    from_ = _addresses(top, "from", hints)
+    sender = _addresses(top, "sender", hints)
+    subject = first("subject")
+    return ParsedMessage(
+        raw=raw,
+        digest=_digest(top, raw, body_start),
+        message_id=_message_id(first("message-id")),
+        date=_date(first("date")),
+        from_=from_[0] if from_ else None,
+        sender=sender[0] if sender else None,
+        reply_to=_addresses(top, "reply-to", hints),
+        to=_addresses(top, "to", hints),
+        cc=_addresses(top, "cc", hints),
+        subject=_decode_header_value(subject, hints).strip() if subject is not None else "",
+        text_body=text_body,
+        html_body=html_body,
+        attachments=tuple(attachments),
+        in_reply_to=_ids(first("in-reply-to")),
+        references=_ids(first("references")),
+        content_type=content_type,
+        report_type=report_type,
+        headers=headers,
+        skipped_parts=walk.skipped,
+        empty_body=empty_body,
+    )
+
+
+# --------------------------------------------------------------------------
+# the MIME walk
+
+@dataclass
+class _Walk:
+    skipped: int = 0  # parts not looked at: nested below _MAX_DEPTH or past _MAX_PARTS
+
+
+# Default file names for parts that usually have none.
+_DEFAULT_NAMES = {"text/calendar": "invite.ics", "application/ics": "invite.ics"}
+
+
+def _attachment_name(msg: Message, ctype: str, hints: tuple[str, ...]) -> str:
+    return _filename(msg, hints) or _DEFAULT_NAMES.get(ctype, "")
+
+
+def _leaves(top: Message, body: bytes, walk: _Walk) -> Iterator[tuple[Message, bytes, str, str]]:
+    """The message's leaf parts in document order, iteratively (no recursion):
+    (headers, body bytes, kind, content type); kind is "text", "html", "attachment"
+    or "named-text" (an inline text/plain part with a file name: an attachment that
+    is also the text when there is no other).  Used by parse and by attachment()
+    so both count attachments alike."""
     # (headers, body bytes, depth, inside an attached container)
-    stack: list[tuple[Message, bytes, int, bool]] = [(top, raw[body_start:], 0, False)]
+    stack: list[tuple[Message, bytes, int, bool]] = [(top, body, 0, False)]
     visited = 0
-    while stack and visited < _MAX_PARTS:
+    while stack:
+        if visited >= _MAX_PARTS:
+            walk.skipped += len(stack)
+            return
         msg, body, depth, in_attachment = stack.pop()
         visited += 1
         ctype = _content_type(msg)
@@ -726,73 +1000,46 @@ def _parse(raw: bytes) -> ParsedMessage:
 
         if maintype == "multipart":
             if depth >= _MAX_DEPTH:
-                continue  # opaque
+                walk.skipped += 1  # opaque: its parts are not looked at (the raw message keeps them)
+                continue
             parts = _children(msg, body)
             if parts is not None:
                 child_default = "message/rfc822" if subtype == "digest" else "text/plain"
                 attached = in_attachment or disposition == "attachment"
+                room = max(_MAX_PARTS - visited, 0)
+                walk.skipped += max(len(parts) - room, 0)
                 children = []
-                for part in parts[: _MAX_PARTS - visited]:
+                for part in parts[:room]:
                     child, start, _ = _parse_head(part, child_default)
                     children.append((child, part[start:], depth + 1, attached))
                 stack.extend(reversed(children))
                 continue
             # no usable boundary: salvage the body as plain text
-            maintype, subtype, ctype = "text", "plain", "text/plain"
-
-        filename = _filename(msg)
-        is_attachment = (
-            in_attachment or disposition == "attachment" or bool(filename) or maintype != "text"
-        )
-        if is_attachment:
-            payload = _decode_payload(msg, body)
-            attachments.append(AttachmentInfo(filename=filename, content_type=ctype, size=len(payload)))
+            yield msg, body, "text", "text/plain"
             continue
-        if subtype == "plain" or (subtype == "html" and html is None):
-            payload = _decode_payload(msg, body)
-            try:
-                charset = msg.get_param("charset", None, "content-type")
-            except Exception:
-                charset = None
-            if isinstance(charset, tuple):
-                charset = charset[2]
-            if not isinstance(charset, str):
-                charset = None
-            text = _clean(_normalize_newlines(_decode_text(payload, charset)))
-            if subtype == "plain":
-                texts.append(text)
-            else:
-                html = text
 
-    html_body = html or ""
-    text_body = "\n".join(texts)
-    if not texts and html_body:
-        text_body = _clean(_html_to_text(html_body))
+        named = _param(msg, "filename", "content-disposition") is not None or _param(msg, "name", "content-type") is not None
+        if in_attachment or disposition == "attachment" or maintype != "text" or subtype not in ("plain", "html"):
+            yield msg, body, "attachment", ctype
+        elif named:
+            yield msg, body, ("named-text" if subtype == "plain" else "attachment"), ctype
+        else:
+            yield msg, body, subtype if subtype == "html" else "text", ctype
 
-    def first(name: str) -> str | None:
-        value = top.get(name)
-        return value if isinstance(value, str) else None
 
-    from_ = _addresses(top, "from")
-    sender = _addresses(top, "sender")
-    subject = first("subject")
-    return ParsedMessage(
-        raw=raw,
-        digest=_digest(raw),
-        message_id=_message_id(first("message-id")),
-        date=_date(first("date")),
-        from_=from_[0] if from_ else None,
-        sender=sender[0] if sender else None,
-        reply_to=_addresses(top, "reply-to"),
-        to=_addresses(top, "to"),
-        cc=_addresses(top, "cc"),
-        subject=_decode_header_value(subject).strip() if subject is not None else "",
-        text_body=text_body,
-        html_body=html_body,
-        attachments=tuple(attachments),
-        in_reply_to=_ids(first("in-reply-to")),
-        references=_ids(first("references")),
-        content_type=content_type,
-        report_type=report_type,
-        headers=headers,
-    )
+def attachment(raw: bytes, index: int) -> tuple[AttachmentInfo, bytes] | None:
+    """The ``index``-th attachment of a message (as ParsedMessage.attachments lists
+    them) and its decoded bytes; None when there is no such attachment."""
+    if index < 0:
+        return None
+    parsed = parse_message(raw)
+    if index >= len(parsed.attachments):
+        return None
+    top, start = _top(bytes(raw))
+    seen = 0
+    for msg, body, kind, _ctype in _leaves(top, bytes(raw)[start:], _Walk()):
+        if kind in ("attachment", "named-text"):
+            if seen == index:
+                return parsed.attachments[index], _decode_payload(msg, body)
+            seen += 1
+    return None

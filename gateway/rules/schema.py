@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.addresses import looks_like_address, normalise
+from gateway.addresses import looks_like_address, normalise, normalise_domain
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
@@ -34,11 +34,7 @@ def _address(value: str) -> str:
 
 
 def _domain(value: str) -> str:
-    value = value.strip().lower().rstrip(".")
-    try:
-        value = value.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise ValueError(f"not a domain name: {value!r}") from exc
+    value = normalise_domain(value)  # IDNA 2008 / UTS 46, as addresses are
     if not _DOMAIN.match(value):
         raise ValueError(f"not a domain name: {value!r}")
     return value

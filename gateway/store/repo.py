@@ -149,12 +149,17 @@ class FilingResult:
 
 
 def message_key(parsed: ParsedMessage) -> str:
-    """Message-ID, or the content digest when there is none (bounded for the index)."""
-    if parsed.message_id:
-        if len(parsed.message_id) <= 400:
-            return "mid:" + parsed.message_id
-        return "mid-sha256:" + hashlib.sha256(parsed.message_id.encode("utf-8", "replace")).hexdigest()
-    return "sha256:" + parsed.digest
+    """The idempotency key of a delivery: the Message-ID together with the digest of
+    the content that survives re-delivery (originator fields and body, see
+    parse.DIGEST_FIELDS), so the same mail again is a repeat while another mail that
+    reuses the Message-ID (printers, scripts, broken mailers) is not.  Bounded for
+    the index.  Migration 0006 rewrote the keys stored before this form."""
+    content = "sha256:" + parsed.digest
+    if not parsed.message_id:
+        return content
+    if len(parsed.message_id) <= 400:
+        return f"mid:{parsed.message_id} {content}"
+    return f"mid-sha256:{hashlib.sha256(parsed.message_id.encode('utf-8', 'replace')).hexdigest()} {content}"
 
 
 class _Statements:
