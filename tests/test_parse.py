@@ -625,3 +625,120 @@ def test_iso2022jp_microsoft_flavour_codec():
         b"\x1b$B\x7f\x7f\x1b(B".decode(jis.NAME)
     with pytest.raises(UnicodeDecodeError):
         b"\x1b$Zbad".decode(jis.NAME)
+
+
+# ---------------------------------------------------------------- issue 11: digest, addresses, parts, charsets
+
+
+def test_digest_ignores_trace_and_filter_headers_but_not_content():
+    from tests.helpers import message
+
+    base = message(subject="Hello", body="Body text.", message_id="<same@x.example>",
+                   date="Tue, 01 Dec 2026 09:00:00 +0000")
+    hop = (b"Received: from a by b; Tue, 01 Dec 2026 09:00:01 +0000\r\n"
+           b"Authentication-Results: mx.example; dkim=pass\r\nARC-Seal: i=1; cv=none\r\n"
+           b"X-Spam-Score: 0.1\r\nX-Original-To: box@in.example\r\n")
+    digest = parse_message(base).digest
+    assert parse_message(hop + base).digest == digest
+    assert parse_message(base.replace(b"\r\n", b"\n")).digest == digest  # line ends of another hop
+    for old, new in ((b"Subject: Hello", b"Subject: Hallo"), (b"Body text.", b"Body text!"),
+                     (b"09:00:00 +0000", b"09:00:01 +0000"), (b"hashimoto@zylker.example", b"kitazawa@zylker.example")):
+        assert old in base
+        assert parse_message(base.replace(old, new)).digest != digest, old
+
+
+def test_display_name_containing_at_sign_is_a_name():
+    raw = mime(["From: a@example.com", "To: smith@a.example, Mikel@Lindsaar <raasdnil@b.example>, tom@c.example"], b"x")
+    assert parse_message(raw).to == (
+        Address("", "smith@a.example"), Address("Mikel@Lindsaar", "raasdnil@b.example"), Address("", "tom@c.example"))
+
+
+def test_address_lists_with_quotes_comments_and_groups():
+    raw = mime(["From: a@example.com",
+                'To: "Doe, John" <jd@x.example>, (team, west) ann@y.example, '
+                'friends: bob@z.example, "Q <x>" <q@w.example>;, undisclosed-recipients:;'], b"x")
+    assert [(a.name, a.address) for a in parse_message(raw).to] == [
+        ("Doe, John", "jd@x.example"), ("team, west", "ann@y.example"), ("", "bob@z.example"),
+        ("Q <x>", "q@w.example")]
+
+
+def test_inline_text_part_with_a_file_name_is_the_text_body():
+    raw = crlf("From: a@example.com\nContent-Type: text/plain; charset=utf-8\n"
+               "Content-Disposition: inline; filename=note.txt\n\nThe only text.\n")
+    msg = parse_message(raw)
+    assert msg.text_body.strip() == "The only text."
+    assert msg.attachments == (AttachmentInfo("note.txt", "text/plain", len(b"The only text.\r\n")),)
+    # next to a real text body it is only an attachment
+    both = _multipart([crlf("Content-Type: text/plain\n\nBody."),
+                       crlf("Content-Type: text/plain; name=log.txt\nContent-Disposition: inline\n\nlog line")])
+    msg = parse_message(both)
+    assert msg.text_body == "Body."
+    assert [a.filename for a in msg.attachments] == ["log.txt"]
+
+
+def test_calendar_invitation_is_kept_and_retrievable():
+    from gateway.ingest.parse import attachment
+
+    ics = crlf("BEGIN:VCALENDAR\nVERSION:2.0\nMETHOD:REQUEST\nBEGIN:VEVENT\nSUMMARY:Review\n"
+               "DTSTART:20261202T090000Z\nEND:VEVENT\nEND:VCALENDAR\n")
+    raw = _multipart([crlf("Content-Type: text/plain\n\nJoin us."), crlf("Content-Type: text/html\n\n<p>Join us.</p>"),
+                      b"Content-Type: text/calendar; method=REQUEST; charset=utf-8\r\n\r\n" + ics],
+                     ctype="multipart/alternative")
+    msg = parse_message(raw)
+    assert msg.text_body == "Join us."
+    assert msg.attachments == (AttachmentInfo("invite.ics", "text/calendar", len(ics)),)
+    info, data = attachment(raw, 0)
+    assert info == msg.attachments[0] and data == ics
+    assert attachment(raw, 1) is None
+    named = _multipart([crlf("Content-Type: text/plain\n\nx"),
+                        b"Content-Type: text/calendar; name=meeting.ics\r\n\r\n" + ics])
+    assert [a.filename for a in parse_message(named).attachments] == ["meeting.ics"]
+
+
+def test_undeclared_latin1_subject_is_not_cjk():
+    raw = mime(["From: a@example.com", b"Subject: Forma\xe7\xe3o", b"To: Jos\xe9 <jose@example.pt>"], b"x")
+    msg = parse_message(raw)
+    assert msg.subject == "Formação"
+    assert msg.to[0].name == "José"
+
+
+def test_undeclared_8bit_header_prefers_the_charset_the_message_declares():
+    # windows-1250 body: the raw subject is in it too (ř, ů are not in windows-1252)
+    raw = mime(["From: a@example.com", "Subject: ".encode() + "Příliš žluťoučký kůň".encode("cp1250"),
+                "Content-Type: text/plain; charset=windows-1250"], "Dobrý den".encode("cp1250"))
+    msg = parse_message(raw)
+    assert msg.subject == "Příliš žluťoučký kůň"
+    assert msg.text_body == "Dobrý den"
+
+
+def test_rfc2231_name_mislabelled_iso2022jp_is_not_mojibake():
+    name = "Relatório de avaliação.pdf"
+    encoded = "".join(f"%{b:02X}" for b in name.encode("cp1252"))
+    raw = _multipart([crlf("Content-Type: text/plain\n\nx"),
+                      crlf(f"Content-Type: application/pdf\nContent-Disposition: attachment; "
+                           f"filename*=iso-2022-jp'ja'{encoded}\n\n%PDF")])
+    assert [a.filename for a in parse_message(raw).attachments] == [name]
+    # and a real Japanese name in the same mislabelled way (Shift_JIS bytes) still reads
+    name = "見積書のご案内.pdf"
+    encoded = "".join(f"%{b:02X}" for b in name.encode("cp932"))
+    raw = _multipart([crlf("Content-Type: text/plain\n\nx"),
+                      crlf(f"Content-Type: application/pdf\nContent-Disposition: attachment; "
+                           f"filename*=iso-2022-jp'ja'{encoded}\n\n%PDF")])
+    assert [a.filename for a in parse_message(raw).attachments] == [name]
+
+
+def test_parts_below_the_depth_limit_are_counted_not_dropped_silently():
+    from gateway.ingest import parse as parse_mod
+
+    depth = parse_mod._MAX_DEPTH + 3
+    body = b"Content-Type: text/plain\r\n\r\ndeep text\r\n"
+    for level in range(depth):
+        b = f"b{level}".encode()
+        body = (b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + body
+                + b"\r\n--" + b + b"--\r\n")
+    raw = b"From: a@example.com\r\nSubject: deep\r\n" + body
+    msg = parse_message(raw)
+    assert msg.skipped_parts == 1
+    assert msg.text_body == "" and msg.empty_body
+    shallow = parse_message(crlf("From: a@example.com\n\nplain"))
+    assert (shallow.skipped_parts, shallow.empty_body) == (0, False)
