@@ -265,8 +265,8 @@ class Delivery(Base):
     """One accepted delivery to one route: the idempotency key and why it went so.
 
     (org_id, route, message_key) is unique: the same message delivered again to
-    the same route files nothing new.  message_key is the Message-ID, or the
-    content digest when there is none.
+    the same route files nothing new.  message_key is the Message-ID together with
+    the content digest, or the digest alone when there is none (repo.message_key).
     """
 
     __tablename__ = "deliveries"
