@@ -43,6 +43,12 @@ class _Catalogue:
     duplicate = Reply(250, "2.0.0", "Already filed")
     dropped = Reply(250, "2.0.0", "Accepted")
     no_such_user = Reply(550, "5.1.1", "No such user here")
+    # RCPT to a domain that is not a gateway domain of any organisation: we are no
+    # relay (RFC 5321 3.6.2; 5.7.1 "delivery not authorized", RFC 3463 3.8).
+    relay_denied = Reply(550, "5.7.1", "Relaying denied: no such domain here")
+    # Any command line with a NUL octet (RFC 5321 4.1.1: commands are printable
+    # text; a NUL has truncated addresses in C-based software downstream).
+    nul_in_command = Reply(501, "5.5.2", "Syntax error: NUL character in command")
     sender_not_allowed = Reply(550, "5.7.1", "Sender is not allowed to file to this address")
     too_many_recipients = Reply(452, "4.5.3", "Too many recipients")
     too_big = Reply(552, "5.3.4", "Message too big for system")
@@ -60,6 +66,11 @@ class _Catalogue:
     quota_exhausted = Reply(451, "4.7.1", "Daily sending limit reached")
     from_not_allowed = Reply(550, "5.7.1", "From address not allowed for this account")
     domain_not_verified = Reply(550, "5.7.1", "Sender domain not verified (no DKIM key)")
+    # The rules name a DKIM key file that cannot be used: the operator must act, the
+    # submitter should retry (RFC 3463 4.3.5 "system incorrectly configured").
+    dkim_key_unavailable = Reply(451, "4.3.5", "System not configured: DKIM key unavailable, try again later")
+    auth_ok = Reply(235, "2.7.0", "Authentication successful")
+    auth_failed = Reply(535, "5.7.8", "Authentication credentials invalid")
     auth_required = Reply(530, "5.7.0", "Authentication required")
     no_such_record = Reply(550, "5.1.0", "Unknown record in X-Gateway-Record")
     bad_sender_syntax = Reply(501, "5.1.7", "Bad sender address syntax")

@@ -2,8 +2,12 @@
 
 Keys are RSA 2048, PKCS#1 PEM, written with mode 0600 by `gateway dkim keygen` to
 the file the rules name; they never enter git.  Signatures are relaxed/relaxed
-and cover From, To, Cc, Subject, Date, Message-ID, In-Reply-To, References and
-the MIME headers that are present.
+and cover dkimpy's default header selection, RFC 6376 5.4.1's "SHOULD be signed"
+list as present in the message: From, Sender, Reply-To, Subject, Date,
+Message-ID, To, Cc, In-Reply-To, References, the MIME and List-* fields; From is
+signed once more than it occurs (oversigned), so a From added in transit breaks
+the signature (RFC 6376 8.15).  Our own shorter list left Reply-To and Sender
+unsigned: a relay could redirect the customer's answers (issue 11).
 """
 
 from __future__ import annotations
@@ -16,12 +20,6 @@ from pathlib import Path
 import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-SIGNED_HEADERS = (
-    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references",
-    b"mime-version", b"content-type", b"content-transfer-encoding", b"content-disposition",
-)
-
 
 class DkimKeyError(Exception):
     pass
@@ -69,13 +67,16 @@ def dns_line(domain: str, selector: str, private_pem: bytes) -> str:
 
 def sign(message: bytes, domain: str, selector: str, private_pem: bytes) -> bytes:
     """The DKIM-Signature header field (with CRLF) to put in front of the message."""
-    present = {line.split(b":", 1)[0].strip().lower() for line in _header_lines(message)}
-    include = [h for h in SIGNED_HEADERS if h in present]
+    # include_headers=None: dkimpy's default_sign_headers() (see the module docstring).
     return dkim.sign(message, selector.encode(), domain.encode(), private_pem,
-                     canonicalize=(b"relaxed", b"relaxed"), include_headers=include)
+                     canonicalize=(b"relaxed", b"relaxed"))
 
 
-def _header_lines(message: bytes) -> list[bytes]:
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end]
-    return [line for line in head.split(b"\r\n") if line and line[:1] not in (b" ", b"\t")]
+def sign_with_key_file(message: bytes, domain: str, selector: str, path: Path) -> bytes:
+    """sign() with the key read from ``path``; DkimKeyError (naming the file) when it is
+    missing, unreadable or not a usable private key."""
+    pem = load_key(path)
+    try:
+        return sign(message, domain, selector, pem)
+    except dkim.KeyFormatError as exc:
+        raise DkimKeyError(f"DKIM key {path} is not a usable private key: {exc}") from exc

@@ -24,9 +24,11 @@ def test_ehlo_and_lhlo_advertise_extensions(gw):
 
 
 def test_unknown_recipients_are_refused_at_rcpt(gw):
-    tx = gw.lmtp(SENDER, ["nobody@in.zylker.example", "someone@elsewhere.example", "bcc-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@in.zylker.example"], message())
+    tx = gw.lmtp(SENDER, ["nobody@in.zylker.example", "bcc-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@in.zylker.example",
+                          "someone@elsewhere.example"], message())
     assert tx.rcpt_codes == [550, 550, 550]
-    assert all(m.startswith(b"5.1.1") for _, m in tx.rcpts)
+    # Unknown here: 5.1.1; a domain the gateway does not serve: relaying denied, 5.7.1.
+    assert [m[:5] for _, m in tx.rcpts] == [b"5.1.1", b"5.1.1", b"5.7.1"]
     assert tx.data == []
 
 

@@ -80,14 +80,20 @@ def test_auth_before_tls_is_refused_unless_allowed_on_loopback(config_dir, datab
 
 
 def test_loopback_only_account_refused_from_elsewhere(gwr):
+    import asyncio
+
     from aiosmtpd.smtp import LoginPassword, Session
 
     handler = gwr.app.submission
-    session = Session(loop=None)  # type: ignore[arg-type]
-    session.peer = ("192.0.2.7", 40000)
-    assert not handler.authenticate(None, session, None, "PLAIN", LoginPassword(CRM.encode(), b"demo-only")).success
-    session.peer = ("127.0.0.1", 40000)
-    assert handler.authenticate(None, session, None, "PLAIN", LoginPassword(CRM.encode(), b"demo-only")).success
+
+    def authenticate(peer):  # on the daemon's loop, as a session would
+        session = Session(loop=None)  # type: ignore[arg-type]
+        session.peer = peer
+        check = handler.authenticate(None, session, "PLAIN", LoginPassword(CRM.encode(), b"demo-only"))
+        return asyncio.run_coroutine_threadsafe(check, gwr.thread.loop).result(30).success
+
+    assert not authenticate(("192.0.2.7", 40000))
+    assert authenticate(("127.0.0.1", 40000))
 
 
 def test_relayed_mail_is_signed_and_cleaned(gwr, sink, config_dir):
@@ -116,6 +122,48 @@ def test_relayed_mail_is_signed_and_cleaned(gwr, sink, config_dir):
         assert header in signature.split(b"h=")[1].split(b";")[0].lower()
     assert b"c=relaxed/relaxed" in signature
     assert quota_used(gwr, "zylker") == 2
+
+
+def _published_key(gw):
+    """dkimpy's DNS lookup, answered with the TXT record `gateway dkim dns` prints."""
+    txt = json.loads(gw.cli("dkim", "dns", "zylker.example", "--json").stdout)
+
+    def dns(name, timeout=5):
+        return txt["value"].encode() if name == f"{txt['name']}.".encode() else None
+
+    return dns
+
+
+def _signed_headers(relayed: bytes) -> list[str]:
+    """The h= tag of the DKIM-Signature field the message starts with, lower case."""
+    lines = relayed.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    assert lines[0].startswith("DKIM-Signature:")
+    field = lines[0]
+    for line in lines[1:]:
+        if line[:1] not in (" ", "\t"):
+            break
+        field += line
+    tags = dict(t.split("=", 1) for t in "".join(field.split(":", 1)[1].split()).split(";") if t)
+    return tags["h"].lower().split(":")
+
+
+def test_dkim_signs_reply_to_and_sender_and_oversigns_from(gwr, sink):
+    """dkimpy's default selection (issue 11): Reply-To and Sender signed, From signed once
+    more than it occurs; so changing Reply-To, or adding a From, in transit breaks it."""
+    data = outbound(headers={"Reply-To": "service@in.zylker.example", "Sender": "support@zylker.example"})
+    assert gwr.submit(data, [CUSTOMER], mail_from=K).codes == [250]
+    ((_, _, relayed),) = sink.messages
+    signed = _signed_headers(relayed)
+    assert {"reply-to", "sender", "subject", "date", "message-id", "to"} <= set(signed)
+    assert signed.count("from") == 2  # one From in the message, oversigned
+    dns = _published_key(gwr)
+    assert dkim.verify(relayed, dnsfunc=dns)
+    redirected = relayed.replace(b"\r\nReply-To: service@in.zylker.example\r\n",
+                                 b"\r\nReply-To: collector@evil.example\r\n")
+    assert redirected != relayed
+    assert not dkim.verify(redirected, dnsfunc=dns)
+    head, body = relayed.split(b"\r\n\r\n", 1)
+    assert not dkim.verify(head + b"\r\nFrom: ceo@evil.example\r\n\r\n" + body, dnsfunc=dns)
 
 
 def test_from_must_be_allowed_and_verified(gwr, sink, config_dir):

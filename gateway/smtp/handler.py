@@ -11,9 +11,11 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway import logs, metrics
+from gateway.addresses import domain_of, normalise
 from gateway.delivery import Gateway
 from gateway.errors import DeliveryFailure
 from gateway.replies import REPLIES, Reply
+from gateway.rules.index import RuleIndex
 
 log = logs.get("gateway.smtp")
 
@@ -28,6 +30,17 @@ def _session_id(session: Session) -> str:
         sid = secrets.token_hex(4)
         session.gateway_id = sid  # type: ignore[attr-defined]
     return sid
+
+
+def client_ip(server: Any) -> str:
+    """The peer address of a session, as logged (the key fail2ban and CrowdSec read)."""
+    return getattr(server, "gateway_peer", None) or "?"
+
+
+def serves_domain(rules: RuleIndex, domain: str) -> bool:
+    """SMTP and LMTP accept mail only for the organisations' gateway domains
+    (``in.zylker.example``); any other domain is relaying, which we never do there."""
+    return domain in rules.by_gateway_domain
 
 
 def outcome_of(reply: Reply) -> str:
@@ -59,7 +72,9 @@ class Handler:
         refusal = self.gateway.connections.open(peer)
         if refusal is not None:
             self.count_replies("connect", [refusal])
-            log.warning("connection_refused", listener=self.listener, reason=refusal.reason)
+            # client_ip first: the fail2ban filter (deploy/fail2ban/) anchors on it.
+            log.warning("connection_refused", client_ip=peer, listener=self.listener, code=refusal.code,
+                        status=refusal.status, reason=refusal.reason)
         return refusal
 
     def closed(self, protocol: Any) -> None:
@@ -129,14 +144,21 @@ class Handler:
                                                queue_id=getattr(envelope, "queue_id", None))
         if self.gateway.stopping:
             return self._stopping_reply(server)
-        reply = await self._rcpt(envelope, address)
+        reply = await self._rcpt(server, envelope, address)
         self.count_replies("rcpt", [reply])
         return str(reply)
 
-    async def _rcpt(self, envelope: Envelope, address: str) -> Reply:
+    async def _rcpt(self, server: SMTP, envelope: Envelope, address: str) -> Reply:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             log.info("recipient_decision", stage="rcpt", outcome="deferred", code=452, status="4.5.3")
             return REPLIES.too_many_recipients
+        domain = domain_of(normalise(address))
+        if not serves_domain(envelope.rules, domain):  # type: ignore[attr-defined]
+            # Not ours at all: an open-relay probe or a misrouting MTA, not an unknown
+            # user (that stays 5.1.1 below).
+            log.warning("recipient_decision", client_ip=client_ip(server), listener=self.listener, stage="rcpt",
+                        outcome="rejected", code=550, status="5.7.1", reason="relay_denied", domain=domain[:255])
+            return REPLIES.relay_denied
         try:
             route = await self.gateway.route_for(envelope.rules, address)  # type: ignore[attr-defined]
         except DeliveryFailure as exc:

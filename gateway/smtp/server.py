@@ -15,6 +15,7 @@ the size limit while still reading to the end so the session stays in sync.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from typing import Callable
@@ -22,10 +23,12 @@ from typing import Callable
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from gateway import logs
 from gateway.replies import REPLIES, Reply
 from gateway.workers import BIG_MESSAGE_BYTES, BigSlot
 
 log = logging.getLogger("gateway.smtp")
+event_log = logs.get("gateway.smtp")
 
 _END = b"\r\n.\r\n"
 _CHUNK = 256 * 1024
@@ -113,10 +116,61 @@ def fast_getaddr(arg: str) -> tuple[str, str] | None:
     return (found.group(1), found.group(2).lstrip(" \t")) if found else None
 
 
+class _Commands(dict):  # type: ignore[type-arg]
+    """aiosmtpd's command table (name -> coroutine), consulted once per command line.
+
+    Every command is wrapped so that a line with a NUL octet anywhere is answered
+    501 5.5.2 before any command (or parser) sees it; a NUL in the command word
+    itself finds the same refusal instead of "command not recognized"."""
+
+    def __init__(self, protocol: "_DataMixin", methods: dict) -> None:  # type: ignore[type-arg]
+        super().__init__({name: protocol._nul_guarded(name, method) for name, method in methods.items()})
+        self._protocol = protocol
+
+    def get(self, command, default=None):  # type: ignore[no-untyped-def, override]
+        if "\0" in command:
+            protocol = self._protocol
+            return lambda arg: protocol._refuse_nul(command)
+        return super().get(command, default)
+
+
+def _shown(text: str) -> str:
+    # Attacker-chosen text in a log line: bounded, NUL visible.
+    return text[:32].replace("\0", "\\0")
+
+
 class _DataMixin:
-    """Replaces smtp_DATA for SMTP, LMTP and submission; counts sessions."""
+    """Replaces smtp_DATA for SMTP, LMTP and submission; counts sessions; refuses
+    command lines with a NUL octet."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._smtp_methods = _Commands(self, self._smtp_methods)  # type: ignore[has-type]
+
+    def _nul_guarded(self, name: str, method: Callable):  # type: ignore[no-untyped-def, type-arg]
+        async def command(arg: str | None) -> None:
+            # aiosmtpd decodes arguments with surrogateescape: a NUL octet is "\0" here.
+            if arg is not None and "\0" in arg:
+                await self._refuse_nul(name)
+                return
+            await method(arg)
+
+        functools.update_wrapper(command, method)  # HELP reads the methods' syntax attributes
+        return command
+
+    async def _refuse_nul(self, command: str) -> None:
+        handler = self.event_handler  # type: ignore[attr-defined]
+        handler.count_replies("command", [REPLIES.nul_in_command])
+        event_log.warning("command_refused", client_ip=getattr(self, "gateway_peer", "?"),
+                          listener=handler.listener, command=_shown(command), code=501, status="5.5.2",
+                          reason="nul_in_command")
+        await self.push(str(REPLIES.nul_in_command))  # type: ignore[attr-defined]
 
     def _getaddr(self, arg: str):  # type: ignore[no-untyped-def]
+        if "\0" in arg:
+            # Unreachable from the wire (the command table refuses such lines first);
+            # kept so that neither parser ever returns an address or option with a NUL.
+            return None, None
         found = fast_getaddr(arg) if arg else None
         if found is None or (self.local_part_limit  # type: ignore[attr-defined]
                              and len(found[0].rpartition("@")[0]) > self.local_part_limit):  # type: ignore[attr-defined]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import ssl
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -26,7 +28,7 @@ from gateway.relay import Smarthost, relay
 from gateway.replies import REPLIES, Reply
 from gateway.rules.index import LoginEntry, OrgEntry
 from gateway.settings import Settings
-from gateway.smtp.handler import Handler, _queue_id
+from gateway.smtp.handler import Handler, _queue_id, client_ip
 from gateway.smtp.server import GatewaySMTP
 from gateway.workers import BIG_MESSAGE_BYTES
 
@@ -49,11 +51,43 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+# What _authenticate hands back to auth_PLAIN/auth_LOGIN: "decoded, check pending".
+_CHECK_PENDING = AuthResult(success=False, handled=True)
+
+
 class SubmissionSMTP(GatewaySMTP):
     def __init__(self, handler: "SubmissionHandler", *, data_limit: int, loopback_auth: bool, **kwargs: Any):
-        super().__init__(handler, data_limit=data_limit, auth_required=True, auth_require_tls=True,
-                         authenticator=handler.authenticate, **kwargs)
+        # No authenticator: aiosmtpd would call it synchronously on the event loop;
+        # credentials are checked by SubmissionHandler.authenticate instead (below).
+        super().__init__(handler, data_limit=data_limit, auth_required=True, auth_require_tls=True, **kwargs)
         self._loopback_auth = loopback_auth
+        self._credentials: tuple[str, Any] | None = None
+
+    # --- AUTH: aiosmtpd decodes, we check off the loop ----------------------------------
+    # aiosmtpd's auth_PLAIN/auth_LOGIN decode the credentials (with their 334
+    # challenges) and then call _authenticate synchronously.  An scrypt check there
+    # would hold the event loop, and every session on every listener, for its whole
+    # cost; ten bad AUTHs at once, for ten times that.  So _authenticate only keeps
+    # the decoded credentials, and the check is awaited after.
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._checked(super().auth_LOGIN(_, args))
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        self._credentials = (mechanism, auth_data)
+        return _CHECK_PENDING
+
+    async def _checked(self, decoding: Awaitable[AuthResult]) -> AuthResult:
+        self._credentials = None
+        result = await decoding
+        credentials, self._credentials = self._credentials, None
+        if result is not _CHECK_PENDING or credentials is None:
+            return result  # not decodable: aiosmtpd has answered (501) already
+        mechanism, auth_data = credentials
+        return await self.event_handler.authenticate(self, self.session, mechanism, auth_data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -74,6 +108,12 @@ class SubmissionSMTP(GatewaySMTP):
         super().connection_lost(exc)
 
 
+def _password_threads() -> int:
+    # Half the cores: an AUTH flood (before fail2ban bans it) costs at most that much
+    # CPU, and never the event loop or the filing workers.
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class SubmissionHandler(Handler):
     def __init__(self, gateway: Gateway, settings: Settings):
         super().__init__(gateway, listener="submission", data_limit=settings.limits.max_message_bytes,
@@ -81,25 +121,40 @@ class SubmissionHandler(Handler):
         self.settings = settings
         self.smarthost = Smarthost.from_url(settings.relay.url, settings.relay.timeout_seconds)
         self._pending: set[asyncio.Task[None]] = set()
+        # Not named auth_*: aiosmtpd takes the handler's auth_* attributes for mechanisms.
+        self._password_checks = ThreadPoolExecutor(max_workers=_password_threads(),
+                                                   thread_name_prefix="gateway-password")
 
     # --- AUTH -----------------------------------------------------------------------
 
-    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                     auth_data: Any) -> AuthResult:
+    async def authenticate(self, server: Any, session: Session, mechanism: str, auth_data: Any) -> AuthResult:
+        """Check decoded AUTH credentials; scrypt runs in the password thread(s)."""
+        ip = client_ip(server) if server is not None else (session.peer or ("?",))[0]
         if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        username = normalise(auth_data.login.decode("utf-8", "replace"))
+            log.warning("auth_failed", client_ip=ip, listener=self.listener, mechanism=mechanism,
+                        reason="unsupported", username="")
+            return AuthResult(success=False, handled=False, message=str(REPLIES.auth_failed))
+        given = auth_data.login.decode("utf-8", "replace")
+        username = normalise(given)
         login = self.gateway.rules.logins.get(username)
-        ok = (
-            login is not None
-            and (not login.loopback_only or is_loopback(session.peer))
-            and passwords.verify(auth_data.password, login.password_hash)
-        )
-        log.info("auth", outcome="ok" if ok else "failed", mechanism=mechanism,
-                 org=login.org_id if login else None)
-        if not ok:
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=login)
+        stored = login.password_hash if login is not None else None
+        if stored is not None and passwords.remembered(auth_data.password, stored):
+            password_ok = True  # verified before: no scrypt, no thread hop
+        else:
+            loop = asyncio.get_running_loop()
+            password_ok = await loop.run_in_executor(self._password_checks, passwords.verify_account,
+                                                     auth_data.password, stored)
+        reason = ("unknown_user" if login is None else "bad_password" if not password_ok
+                  else "loopback_only" if login.loopback_only and not is_loopback(session.peer) else None)
+        if reason is not None:
+            # client_ip first: the fail2ban filter (deploy/fail2ban/) anchors on it.
+            # The username is the client's, bounded (it may be anything).
+            log.warning("auth_failed", client_ip=ip, listener=self.listener, mechanism=mechanism, reason=reason,
+                        username=given[:128])
+            return AuthResult(success=False, handled=False, message=str(REPLIES.auth_failed))
+        log.info("auth_ok", client_ip=ip, listener=self.listener, mechanism=mechanism, username=username,
+                 org=login.org_id)  # type: ignore[union-attr]
+        return AuthResult(success=True, auth_data=login, message=str(REPLIES.auth_ok))
 
     # --- MAIL / RCPT --------------------------------------------------------------------
 
@@ -114,7 +169,9 @@ class SubmissionHandler(Handler):
         org = rules.orgs.get(login.org_id)
         sender = normalise(address)
         if org is None or domain_of(sender) not in org.domains:
-            log.info("submission_refused", stage="mail", code=550, status="5.7.1", reason="envelope sender domain")
+            log.warning("submission_refused", client_ip=client_ip(server), listener=self.listener,
+                        username=login.username, stage="mail", code=550, status="5.7.1",
+                        reason="envelope sender domain")
             return str(REPLIES.from_not_allowed)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
@@ -127,11 +184,13 @@ class SubmissionHandler(Handler):
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        reply = await self._reserve(envelope, address)
+        # Any recipient domain: relaying is what this listener is for, and only
+        # after AUTH (aiosmtpd answers 530 5.7.0 to RCPT before it).
+        reply = await self._reserve(server, envelope, address)
         self.count_replies("rcpt", [reply])
         return str(reply)
 
-    async def _reserve(self, envelope: Envelope, address: str) -> Reply:
+    async def _reserve(self, server: SMTP, envelope: Envelope, address: str) -> Reply:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             return REPLIES.too_many_recipients
         org = envelope.rules.orgs[envelope.login.org_id]  # type: ignore[attr-defined]
@@ -142,7 +201,9 @@ class SubmissionHandler(Handler):
             return exc.reply
         if taken is None:
             metrics.quota_refusals.labels(org=org.id, **{"class": envelope.mail_class}).inc()  # type: ignore[attr-defined]
-            log.info("quota_refused", org=org.id, mail_class=envelope.mail_class, code=451)  # type: ignore[attr-defined]
+            log.info("quota_refused", client_ip=client_ip(server), listener=self.listener,
+                     username=envelope.login.username, org=org.id,  # type: ignore[attr-defined]
+                     mail_class=envelope.mail_class, code=451)  # type: ignore[attr-defined]
             return _quota_reply(org, envelope.mail_class)  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         envelope.reservations.append(taken)  # type: ignore[attr-defined]
@@ -152,11 +213,13 @@ class SubmissionHandler(Handler):
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         qid = getattr(envelope, "queue_id", "")
+        ip = client_ip(server)
         try:
-            reply = await self._submit(envelope)
+            reply = await self._submit(envelope, ip)
         except DeliveryFailure as exc:
-            log.info("submission_refused", stage="data", code=exc.reply.code, status=exc.reply.status,
-                     reason=exc.detail)
+            log.warning("submission_refused", client_ip=ip, listener=self.listener,
+                        username=envelope.login.username, stage="data",  # type: ignore[attr-defined]
+                        code=exc.reply.code, status=exc.reply.status, reason=exc.detail)
             reply = exc.reply
         except Exception:
             log.exception("submission_failed")
@@ -168,7 +231,7 @@ class SubmissionHandler(Handler):
         self.count_replies("data", [reply])
         return str(reply.with_text(f"{reply.text} (queue id {qid})") if reply.ok else reply)
 
-    async def _submit(self, envelope: Envelope) -> Reply:
+    async def _submit(self, envelope: Envelope, ip: str) -> Reply:
         gw, pool = self.gateway, self.gateway.pool
         login: LoginEntry = envelope.login  # type: ignore[attr-defined]
         rules = envelope.rules  # type: ignore[attr-defined]
@@ -198,11 +261,14 @@ class SubmissionHandler(Handler):
         message, message_id = outbound.rewrite(raw, parsed=parsed, subject=subject, hostname=self.settings.server.hostname)
         key = org.dkim[domain_of(normalise(sender))]
         try:
-            pem = signing.load_key(key.key_path)
-            signed = await pool.run(signing.sign, message, key.domain, key.selector, pem)
+            signed = await pool.run(signing.sign_with_key_file, message, key.domain, key.selector, key.key_path)
         except signing.DkimKeyError as exc:
-            raise TemporaryFailure(REPLIES.internal_error,
-                                   f"{exc}; create it with: gateway dkim keygen {key.domain} --selector {key.selector}") from exc
+            # Configuration, not a fault of ours or of the message: 4.3.5, and the
+            # operator learns which file (the submitter's retry works once it exists).
+            hint = f"gateway dkim keygen {key.domain} --selector {key.selector}"
+            log.error("dkim_key_unavailable", file=str(key.key_path), domain=key.domain, selector=key.selector,
+                      org=org.id, error=str(exc), fix=hint)
+            raise TemporaryFailure(REPLIES.dkim_key_unavailable, f"{exc}; create it with: {hint}") from exc
         with metrics.timed(metrics.processing_duration, stage="relay"), metrics.timed(metrics.relay_duration):
             outcome = await relay(self.smarthost, envelope.mail_from or "", list(envelope.rcpt_tos), signed + message)
         metrics.relay_attempts.labels(outcome="relayed" if outcome.ok else
@@ -214,7 +280,8 @@ class SubmissionHandler(Handler):
             "token_added": subject is not None, "smarthost": self.smarthost.describe(),
             "accepted": len(outcome.accepted), "refused": outcome.refused,
         }
-        log.info("relay", outcome="relayed" if outcome.ok else "failed", code=outcome.reply.code,
+        log.info("relay", outcome="relayed" if outcome.ok else "failed", client_ip=ip, username=login.username,
+                 code=outcome.reply.code,
                  status=outcome.reply.status, org=org.id, mail_class=envelope.mail_class,  # type: ignore[attr-defined]
                  recipients=len(envelope.rcpt_tos), refused=len(outcome.refused), detail=outcome.detail[:200],
                  record_id=record.id if record else None)
@@ -255,8 +322,10 @@ class SubmissionHandler(Handler):
                 log.exception("quota_release_failed", org=reservation.org_id, count=reservation.count)
 
     async def drain(self) -> None:
+        """At stop: give back outstanding tokens; end the password thread(s)."""
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        self._password_checks.shutdown(wait=False, cancel_futures=True)
 
 
 def _find_record(engine: Any, org: OrgEntry, parsed: ParsedMessage, explicit: str | None) -> outbound.RecordRef | None:
