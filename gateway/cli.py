@@ -1,4 +1,11 @@
-"""The `gateway` command: serve, check, db, dropbox, export, email."""
+"""The `gateway` command: serve, check, db, dropbox, export, email.
+
+Commands that only look -- export, record show, quota status, email raw, explain,
+check, quarantine list -- open the database read-only (store.db.make_readonly_engine):
+they never migrate the schema and never write the rules into the database (issue 11:
+`gateway export -c other.toml` used to deactivate the organisations other.toml lacks).
+Only serve, db upgrade, reload and the commands that exist to change something write.
+"""
 
 from __future__ import annotations
 
@@ -28,49 +35,82 @@ def _print_json(data: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import app, logs
+    from gateway.validation import check_configuration
 
-    s = _settings(args)
+    # The files the configuration names, opened before anything starts: a bad
+    # certificate or DKIM key is named here, not met as a traceback or a 451 later.
+    report = check_configuration(args.config, database=False)
+    for problem in report.errors:
+        print(f"gateway: {problem}", file=sys.stderr)
+    if not report.ok:
+        return EXIT_FAIL
+    assert report.settings is not None
+    s = report.settings
     logs.setup(s.logging.level, s.logging.format)
+    for problem in report.warnings:
+        logs.get("gateway.check").warning("config_warning", file=problem.file, key=problem.key, line=problem.line,
+                                          problem=problem.message)
     return app.run(s)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.rules.loader import load_rules
+    from gateway.validation import check_configuration, problem_json, safe_url
 
-    s = _settings(args)
-    index = load_rules(s.rules_dir)
-    summary = {
-        "config": str(args.config),
-        "database": _safe_url(s.database_url),
-        "rules": list(index.files),
-        "organisations": {
+    report = check_configuration(args.config)
+    if args.strict:
+        report.strict()
+    doc: dict[str, Any] = {"ok": report.ok, "errors": [problem_json(p) for p in report.errors],
+                           "warnings": [problem_json(p) for p in report.warnings]}
+    s, index = report.settings, report.rules
+    if s is not None:
+        doc["config"] = str(args.config)
+        doc["database"] = report.database or {"url": safe_url(s.database_url)}
+    if index is not None:
+        doc["rules"] = list(index.files)
+        doc["organisations"] = {
             o.id: {"users": len(o.users), "pipelines": len(o.pipelines),
                    "aliases": sorted(a.address for a in index.aliases.values() if a.org_id == o.id)}
             for o in index.orgs.values()
-        },
-    }
+        }
     if args.json:
-        _print_json({"ok": True, **summary})
-    else:
-        print(f"{args.config}: OK ({len(index.files)} rule files, {len(index.orgs)} organisations)")
+        _print_json(doc)
+        return EXIT_OK if report.ok else EXIT_FAIL
+    for problem in report.errors:
+        print(f"gateway: {problem}", file=sys.stderr)
+    for problem in report.warnings:
+        print(f"gateway: warning: {problem}", file=sys.stderr)
+    if not report.ok:
+        return EXIT_FAIL
+    assert index is not None
+    warned = f"; {len(report.warnings)} warning{'s' if len(report.warnings) != 1 else ''}" if report.warnings else ""
+    print(f"{args.config}: OK ({len(index.files)} rule files, {len(index.orgs)} organisations{warned})")
     return EXIT_OK
 
 
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparseable URL)"
-
-
 def _open(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """For commands that change something: migrate, sync the rules, return ids."""
     from gateway.app import load_and_sync, open_database
 
     s = _settings(args)
     engine = open_database(s)
     return s, engine, load_and_sync(s, engine)
+
+
+def _open_readonly(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """For commands that only look: a read-only engine on a schema at our revision
+    (else exit 1 telling to run `gateway db upgrade`); nothing is migrated or synced."""
+    from gateway.store import db
+
+    s = _settings(args)
+    engine = db.make_readonly_engine(s.database_url, s.database.timeout_seconds)
+    db.require_current_schema(engine)
+    return s, engine
+
+
+def _rules(s):  # type: ignore[no-untyped-def]
+    from gateway.rules.loader import load_rules
+
+    return load_rules(s.rules_dir)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -137,7 +177,7 @@ def _vcard(user, org, address: str) -> str:  # type: ignore[no-untyped-def]
 def cmd_export(args: argparse.Namespace) -> int:
     from gateway.export import export
 
-    _, engine, _ = _open(args)
+    _, engine = _open_readonly(args)
     _print_json(export(engine, args.org))
     return EXIT_OK
 
@@ -145,7 +185,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_email_raw(args: argparse.Namespace) -> int:
     from gateway.store import repo
 
-    _, engine, _ = _open(args)
+    _, engine = _open_readonly(args)
     raw = repo.raw_email(engine, args.id, args.org)
     if raw is None:
         print(f"gateway: no email {args.id}", file=sys.stderr)
@@ -158,8 +198,8 @@ def cmd_email_raw(args: argparse.Namespace) -> int:
 def cmd_record(args: argparse.Namespace) -> int:
     from gateway import records
 
-    _, engine, index = _open(args)
     if args.record_command == "stage":
+        _, engine, index = _open(args)
         result = records.move(engine, index, args.id, args.stage)
         if args.json:
             _print_json(result)
@@ -168,7 +208,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         else:
             print(f"record {args.id} is already in {args.stage}")
         return EXIT_OK
-    shown = records.show(engine, index, args.id)
+    s, engine = _open_readonly(args)
+    shown = records.show(engine, _rules(s), args.id)
     if shown is None:
         raise LookupError(f"no record {args.id}")
     if args.json:
@@ -250,7 +291,8 @@ def cmd_dkim(args: argparse.Namespace) -> int:
 def cmd_quota(args: argparse.Namespace) -> int:
     from gateway import quota
 
-    _, engine, index = _open(args)
+    s, engine = _open_readonly(args)
+    index = _rules(s)
     orgs = [index.orgs[args.org]] if args.org else list(index.orgs.values())
     if args.org and args.org not in index.orgs:
         raise LookupError(f"no organisation {args.org}")
@@ -307,10 +349,25 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.explain import explain, render
+    from gateway.store import db
+    from gateway.store.readonly import bind_rules
 
-    _, engine, index = _open(args)
-    raw = sys.stdin.buffer.read() if str(args.message) == "-" else Path(args.message).read_bytes()
-    report = explain(engine, index, raw, args.rcpt, args.sender or "")
+    try:
+        raw = sys.stdin.buffer.read() if str(args.message) == "-" else Path(args.message).read_bytes()
+    except OSError as exc:
+        raise LookupError(f"cannot read {args.message}: {exc.strerror}") from exc
+    s, readonly = _open_readonly(args)
+    bound = bind_rules(readonly, _rules(s))
+    readonly.dispose()
+    if bound.unknown:
+        print("gateway: warning: not in the database yet (the gateway adds them when it loads these rules): "
+              + ", ".join(bound.unknown), file=sys.stderr)
+    # The filers run for real, in transactions that are rolled back.
+    engine = db.make_dry_run_engine(s.database_url, s.database.timeout_seconds)
+    try:
+        report = explain(engine, bound.index, raw, args.rcpt, args.sender or "")
+    finally:
+        engine.dispose()
     if args.json:
         _print_json(report)
     else:
@@ -336,8 +393,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from gateway.delivery import Gateway
     from gateway.workers import WorkerPool
 
-    _, engine, index = _open(args)
     if args.quarantine_command == "list":
+        _, engine = _open_readonly(args)
         rows = quarantine.listing(engine, args.org)
         if args.json:
             _print_json(rows)
@@ -348,7 +405,12 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             print(f"{r['id']:>5}  {r['created_at']}  {r['org']}  {r['recipient']}  {r['message_key'][:60]}  "
                   f"attempts {r['attempts']}  {state}\n       error: {r['error'][:200]}")
         return EXIT_OK
-    result = quarantine.replay(engine, index, Gateway(engine, index, WorkerPool(1, 1)), args.id)
+    _, engine, index = _open(args)
+    pool = WorkerPool(1, 1)
+    try:
+        result = quarantine.replay(engine, index, Gateway(engine, index, pool), args.id)
+    finally:
+        pool.shutdown()
     if args.json:
         _print_json(result)
     else:
@@ -360,9 +422,11 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     default_config = os.environ.get("GATEWAY_CONFIG", "gateway.toml")
+    config_help = f"path to gateway.toml (default: $GATEWAY_CONFIG or ./gateway.toml; now {default_config})"
+    # --config before the command (`gateway -c X check`) or after it (`gateway check
+    # -c X`); after wins.  SUPPRESS: a subcommand without it keeps the one before.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", type=Path, default=Path(default_config),
-                        help=f"path to gateway.toml (default: $GATEWAY_CONFIG or ./gateway.toml; now {default_config})")
+    common.add_argument("--config", "-c", type=Path, default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Mail gateway for CRMs: BCC dropbox filing, email-in pipelines, outbound relay.",
@@ -370,13 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
                "GATEWAY_SUBMISSION_LISTEN (host:port), GATEWAY_RELAY_URL (smtp://host:port).",
     )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument("--config", "-c", type=Path, default=Path(default_config), help=config_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the daemon (LMTP and SMTP listeners)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("check", parents=[common], help="validate gateway.toml and rules/ without starting; exit 0 or 1")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p = sub.add_parser("check", parents=[common],
+                       help="validate gateway.toml, rules/ and the files they name (keys, certificates), and the "
+                            "database schema, without starting or writing; exit 0 or 1")
+    p.add_argument("--json", action="store_true", help="print {ok, errors, warnings, ...} as JSON (always)")
+    p.add_argument("--strict", action="store_true", help="warnings (e.g. a missing DKIM key) are errors")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("db", help="database schema")
@@ -492,6 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except LookupError as exc:
         print(f"gateway: {exc.args[0]}", file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:
+        import sqlalchemy.exc
+
+        if not isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            raise
+        # E.g. the server is down or refuses us: named, not a traceback.
+        first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+        print(f"gateway: database: {type(exc).__name__}: {first}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130

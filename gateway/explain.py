@@ -22,7 +22,16 @@ from gateway.workers import WorkerPool
 
 
 def explain(engine: Engine, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
-    gateway = Gateway(engine, rules, WorkerPool(1, 1))
+    """`engine`: one that may run the filers' statements (store.db.make_dry_run_engine);
+    every transaction on it is rolled back here."""
+    pool = WorkerPool(1, 1)
+    try:
+        return _explain(Gateway(engine, rules, pool), rules, raw, rcpts, envelope_sender)
+    finally:
+        pool.shutdown()
+
+
+def _explain(gateway: Gateway, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
     try:
         parsed = parse_message(raw)
     except MalformedMessage as exc:
@@ -38,6 +47,13 @@ def explain(engine: Engine, rules: RuleIndex, raw: bytes, rcpts: list[str], enve
         if route is None:
             out.append(_entry(rcpt, None, REPLIES.no_such_user, {"reason": "unknown address, regenerated dropbox "
                                                                  "or a user without the dropbox permission"}))
+            continue
+        missing = _not_in_database(rules, route)
+        if missing:
+            # These rules were never loaded by a gateway on this database (explain
+            # reads ids, it does not add rows): what filing would do is unknown.
+            out.append(_entry(rcpt, route, None, {"reason": f"{missing} is not in the database yet: the gateway "
+                                                            "adds it when it loads these rules (start or reload)"}))
             continue
         filer = gateway.filers[type(route)]
         token = DRY_RUN.set(True)
@@ -62,7 +78,16 @@ def explain(engine: Engine, rules: RuleIndex, raw: bytes, rcpts: list[str], enve
     }
 
 
-def _entry(rcpt: str, route: Any, reply: Reply, decision: dict[str, Any]) -> dict[str, Any]:
+def _not_in_database(rules: RuleIndex, route: Any) -> str | None:
+    """The pipeline an alias files into needs its database id (a dropbox route is
+    found through the database, so its user has one)."""
+    if isinstance(route, DropboxRoute):
+        return None
+    pipe = rules.orgs[route.org_id].pipelines[route.alias.pipeline]
+    return None if pipe.id is not None else f"pipeline {pipe.name} of {route.org_id}"
+
+
+def _entry(rcpt: str, route: Any, reply: Reply | None, decision: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {"rcpt": rcpt, "org": route.org_id if route else None,
                              "route": route.kind if route else None}
     if isinstance(route, DropboxRoute):
@@ -71,7 +96,7 @@ def _entry(rcpt: str, route: Any, reply: Reply, decision: dict[str, Any]) -> dic
         entry["alias"] = route.alias.address
         entry["pipeline"] = route.alias.pipeline
     entry["decision"] = decision
-    entry["reply"] = str(reply)
+    entry["reply"] = str(reply) if reply is not None else None
     return entry
 
 
@@ -127,5 +152,5 @@ def render(report: dict[str, Any]) -> str:
             lines.append("  already filed: nothing new")
         if d.get("reason") and r["route"] is not None:
             lines.append(f"  reason: {d['reason']}")
-        lines.append(f"  reply: {r['reply']}")
+        lines.append(f"  reply: {r['reply'] or 'unknown'}")
     return "\n".join(lines)

@@ -5,19 +5,27 @@ BEGIN IMMEDIATE so two writers queue on the lock (busy timeout) instead of faili
 with "database is locked" when a read lock is upgraded.
 PostgreSQL: psycopg 3; statement_timeout and lock_timeout bound every wait, so a
 stuck database turns into 451 4.3.0 rather than a hung SMTP session.
+
+Commands that only look (export, record show, quota status, email raw, explain,
+check, quarantine list) open the database with make_readonly_engine: it never
+creates, migrates or writes (SQLite mode=ro; PostgreSQL read-only transactions),
+and require_current_schema tells them to run `gateway db upgrade` instead.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _upgrade_lock = threading.Lock()
@@ -80,6 +88,75 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def make_readonly_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
+    """An engine that cannot change the database, for the commands that only look.
+
+    SQLite: the file is opened with mode=ro -- never created (a missing file raises
+    SchemaNotCurrent), its journal mode left alone, query_only on as well; a command
+    sees one snapshot (BEGIN on first use).  PostgreSQL: every transaction is READ
+    ONLY (the server refuses any write) and REPEATABLE READ (one snapshot).
+    """
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:" or not Path(database).is_file():
+            raise SchemaNotCurrent("missing", f"no database at {database or '(memory)'}: run `gateway db upgrade` "
+                                              "(`gateway serve` also creates it)")
+        # A URI, so the path may hold any character (quoted) and mode=ro applies.
+        uri = f"file:{quote(str(Path(database).resolve()))}?mode=ro"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, timeout=timeout_seconds, check_same_thread=False)
+
+        engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool, pool_size=2, max_overflow=2)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute("PRAGMA query_only=ON")
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+        return engine
+    millis = int(timeout_seconds * 1000)
+    options = parsed.query.get("options", "")
+    options = options if isinstance(options, str) else " ".join(options)
+    parsed = parsed.difference_update_query(["options"])
+    return create_engine(
+        parsed,
+        pool_size=2,
+        max_overflow=2,
+        pool_timeout=timeout_seconds,
+        isolation_level="REPEATABLE READ",
+        connect_args={
+            "connect_timeout": max(1, int(timeout_seconds)),
+            "options": f"{options} -c default_transaction_read_only=on "
+                       f"-c statement_timeout={millis} -c lock_timeout={millis}".strip(),
+        },
+    )
+
+
+def make_dry_run_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
+    """An engine for `gateway explain`: the real filing code runs on it in transactions
+    that are rolled back (DRY_RUN), and it refuses any COMMIT, so a code path that
+    forgot the dry run fails instead of writing.  The database must exist and be up
+    to date (checked first through a read-only engine), so nothing is created here.
+
+    PostgreSQL: rows are rolled back, but sequences that INSERTs drew ids from stay
+    advanced (nextval is not transactional): explain may skip ids, never store rows.
+    """
+    engine = make_engine(url, timeout_seconds, pool_size=1)
+
+    @event.listens_for(engine, "commit")
+    def _refuse_commit(conn: Connection) -> None:
+        raise RuntimeError("a dry run must not commit")
+
+    return engine
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -219,6 +296,54 @@ def upgrade(engine: Engine) -> list[str]:
             if engine.dialect.name == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
                 conn.commit()
+
+
+SchemaState = Literal["missing", "empty", "behind", "ahead"]
+
+
+class SchemaNotCurrent(LookupError):
+    """The database is missing, has no schema, or is at another revision than ours."""
+
+    def __init__(self, state: SchemaState, message: str):
+        super().__init__(message)
+        self.state = state
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def _known_revisions() -> set[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+
+
+def require_current_schema(engine: Engine) -> str:
+    """The revision, if it is the newest this gateway knows; else SchemaNotCurrent
+    telling what to run.  Reads only (commands that look never migrate)."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return current
+    if current is None:
+        raise SchemaNotCurrent("empty", "the database has no gateway schema yet: run `gateway db upgrade` "
+                                        "(`gateway serve` also does it)")
+    if current in _known_revisions():
+        raise SchemaNotCurrent("behind", f"the database schema is at revision {current}, this gateway needs {head}: "
+                                         "run `gateway db upgrade` (`gateway serve` also does it)")
+    raise SchemaNotCurrent("ahead", f"the database schema is at revision {current}, which this gateway does not know "
+                                    f"(its newest is {head}): a newer gateway upgraded it; run that version")
 
 
 def current_revision(engine: Engine) -> str | None:
