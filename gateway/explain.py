@@ -15,7 +15,8 @@ from gateway.delivery import Gateway, guarded
 from gateway.errors import DeliveryFailure, MalformedMessage
 from gateway.ingest.parse import parse_message
 from gateway.replies import REPLIES, Reply
-from gateway.routing import DropboxRoute
+from gateway.addresses import domain_of, normalise
+from gateway.routing import DropboxRoute, serves_domain
 from gateway.rules.index import RuleIndex
 from gateway.store.db import DRY_RUN
 from gateway.workers import WorkerPool
@@ -39,6 +40,9 @@ def _explain(gateway: Gateway, rules: RuleIndex, raw: bytes, rcpts: list[str], e
                 "recipients": [_entry(r, None, exc.reply, {}) for r in rcpts]}
     out = []
     for rcpt in rcpts:
+        if not serves_domain(rules, domain_of(normalise(rcpt))):
+            out.append(_entry(rcpt, None, REPLIES.relay_denied, {"reason": "not a gateway domain: relaying denied"}))
+            continue
         try:
             route = gateway.route_now(rules, rcpt)
         except DeliveryFailure as exc:

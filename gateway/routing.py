@@ -67,6 +67,12 @@ def classify(index: RuleIndex, address: str) -> DropboxCandidate | AliasRoute | 
     return None
 
 
+def serves_domain(index: RuleIndex, domain: str) -> bool:
+    """SMTP and LMTP accept mail only for the organisations' gateway domains
+    (``in.zylker.example``); any other domain is relaying, which we never do there."""
+    return domain in index.by_gateway_domain
+
+
 def dropbox_route(index: RuleIndex, org_id: str, user_id: int | None) -> DropboxRoute | None:
     """The route for a token's owner, if that user may use a dropbox now (SPEC 2.1)."""
     if user_id is None:

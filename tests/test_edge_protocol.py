@@ -65,6 +65,16 @@ def test_rcpt_to_a_domain_not_served_is_relaying_denied(gw, listener):
     assert denied._value.get() == before + 3
 
 
+def test_explain_agrees_relaying_denied_and_unknown_user(gw, tmp_path):
+    import json
+
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(message(to="someone@elsewhere.example"))
+    out = json.loads(gw.cli("explain", str(eml), "--from", SENDER, "--rcpt", "someone@elsewhere.example",
+                            "--rcpt", "nobody@in.zylker.example", "--json").stdout)
+    assert [r["reply"][:9] for r in out["recipients"]] == ["550 5.7.1", "550 5.1.1"]
+
+
 def test_lmtp_relay_denied_gets_no_data_reply(gw):
     """RFC 2033 4.2: a recipient refused at RCPT has no reply after DATA."""
     box = gw.dropbox(SENDER)

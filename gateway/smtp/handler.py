@@ -15,7 +15,7 @@ from gateway.addresses import domain_of, normalise
 from gateway.delivery import Gateway
 from gateway.errors import DeliveryFailure
 from gateway.replies import REPLIES, Reply
-from gateway.rules.index import RuleIndex
+from gateway.routing import serves_domain
 
 log = logs.get("gateway.smtp")
 
@@ -35,12 +35,6 @@ def _session_id(session: Session) -> str:
 def client_ip(server: Any) -> str:
     """The peer address of a session, as logged (the key fail2ban and CrowdSec read)."""
     return getattr(server, "gateway_peer", None) or "?"
-
-
-def serves_domain(rules: RuleIndex, domain: str) -> bool:
-    """SMTP and LMTP accept mail only for the organisations' gateway domains
-    (``in.zylker.example``); any other domain is relaying, which we never do there."""
-    return domain in rules.by_gateway_domain
 
 
 def outcome_of(reply: Reply) -> str:
