@@ -1,6 +1,6 @@
 """The `gateway` command: serve, check, db, dropbox, export, email.
 
-Commands that only look -- export, record show, quota status, email raw, explain,
+Commands that only look -- export, record show, quota status, email raw, email attachment, explain,
 check, quarantine list -- open the database read-only (store.db.make_readonly_engine):
 they never migrate the schema and never write the rules into the database (issue 11:
 `gateway export -c other.toml` used to deactivate the organisations other.toml lacks).
@@ -192,6 +192,35 @@ def cmd_email_raw(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     sys.stdout.buffer.write(raw)
     sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_email_attachment(args: argparse.Namespace) -> int:
+    from gateway.errors import MalformedMessage
+    from gateway.ingest.parse import attachment
+    from gateway.store import repo
+
+    _, engine = _open_readonly(args)
+    raw = repo.raw_email(engine, args.id, args.org)
+    if raw is None:
+        print(f"gateway: no email {args.id}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        found = attachment(raw, args.index)
+    except MalformedMessage as exc:
+        found = None
+        print(f"gateway: email {args.id} cannot be parsed: {exc.detail}", file=sys.stderr)
+    if found is None:
+        print(f"gateway: email {args.id} has no attachment {args.index} (they count from 0, in the order "
+              "`gateway export` lists them)", file=sys.stderr)
+        return EXIT_FAIL
+    info, data = found
+    if args.output:
+        Path(args.output).write_bytes(data)
+        print(f"{args.output}: {info.filename or '(no name)'} {info.content_type} {len(data)} bytes", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     return EXIT_OK
 
 
@@ -538,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id", type=int, metavar="ID")
     q.add_argument("--org", help="only if it belongs to this organisation")
     q.set_defaults(func=cmd_email_raw)
+    q = esub.add_parser("attachment", parents=[common],
+                        help="print the decoded bytes of a stored message's attachment (a calendar invitation...)")
+    q.add_argument("id", type=int, metavar="ID")
+    q.add_argument("index", type=int, metavar="N", help="which attachment, from 0, as `gateway export` lists them")
+    q.add_argument("--org", help="only if it belongs to this organisation")
+    q.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    q.set_defaults(func=cmd_email_attachment)
     return parser
 
 
