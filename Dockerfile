@@ -3,9 +3,22 @@
 #   Build (from the repository root):  docker build -t crm-mail-gateway .
 #   Whole stack (PostgreSQL, migration, gateway, Prometheus): see deploy/README.md
 #     docker compose -f deploy/compose.yaml up -d
+#   Without a Docker engine (podman, chroot isolation), and on a machine that cannot
+#   pull python:3.12-slim (a Debian base made with mmdebstrap), built and
+#   smoke-tested for real:  deploy/image/build-and-smoke
+#
+# BASE: any Debian-like image with python3 (>= 3.11) and its venv module; the
+# gateway goes into a virtualenv (/opt/venv), so a distribution Python marked
+# "externally managed" (PEP 668) works as well as python:3.12-slim.
+#
+# Dependencies come from requirements.lock: exact versions, sha256-checked
+# (pip --require-hashes), wheels only but for dkimpy (pure Python, source only),
+# so no compiler is needed. dkimpy and the gateway itself are built against the
+# locked setuptools (--no-build-isolation), so nothing unpinned is downloaded. Regenerate the lock with deploy/image/lock.
 #
 # Layout inside the image (all relative paths of gateway.toml resolve against
 # /srv/gateway, the folder of the config file):
+#   /opt/venv/                  the gateway and its dependencies (root-owned, read-only to it)
 #   /srv/gateway/gateway.toml   the demo config (mount your own read-only over it)
 #   /srv/gateway/rules/         the demo rules  (mount your own read-only over it)
 #   /srv/gateway/keys/          DKIM private keys: a VOLUME, never baked into the image
@@ -13,29 +26,58 @@
 #   /srv/gateway/var/           pid file, Postfix recipient map, SQLite file (demo only)
 #
 # Secrets (DKIM keys, database password, smarthost credentials) are never copied
-# in: only the package source, gateway.toml and rules/ are (keys/, *.pem, var/ and
-# *.db stay on the build machine). Pass the database and smarthost through
-# GATEWAY_DATABASE_URL and GATEWAY_RELAY_URL at run time.
-FROM python:3.12-slim
+# in: only the lock, the package source, gateway.toml and rules/ are (.dockerignore
+# keeps keys/, *.pem, var/, *.db, .venv/ and .git out of the build context).
+# Pass the database and smarthost through GATEWAY_DATABASE_URL and
+# GATEWAY_RELAY_URL at run time. A build machine that reaches PyPI through its own
+# CA or pip config mounts them for the build only (podman build -v ...:ro; see
+# deploy/image/build-and-smoke), so they never land in a layer.
+ARG BASE=python:3.12-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+# --- build: the virtualenv ------------------------------------------------------------
+FROM ${BASE} AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+RUN python3 -m venv /opt/venv
+
+# Dependencies first: this layer is reused while only the gateway's code changes.
+# The locked setuptools goes in first, on its own: it is the build backend of
+# dkimpy (published as source only) and of the gateway, and --no-build-isolation
+# keeps pip from fetching an unpinned one. Every other package must be a wheel.
+COPY requirements.lock /tmp/build/
+RUN awk '/^setuptools==/ {p = 1} p {print} p && !/\\$/ {exit}' \
+        /tmp/build/requirements.lock >/tmp/build/setuptools.lock \
+ && /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/build/setuptools.lock \
+ && /opt/venv/bin/pip install --require-hashes --no-build-isolation --use-pep517 \
+        --only-binary=:all: --no-binary=dkimpy -r /tmp/build/requirements.lock
+
+COPY pyproject.toml README.md LICENSE /tmp/build/
+COPY gateway /tmp/build/gateway
+# --no-deps: everything it needs is already installed from the lock; pip check
+# proves the lock satisfies pyproject.toml. setuptools was only the build backend.
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation /tmp/build \
+ && /opt/venv/bin/pip uninstall --yes setuptools \
+ && /opt/venv/bin/pip check \
+ && /opt/venv/bin/gateway --help >/dev/null
+
+# --- the image ------------------------------------------------------------------------
+FROM ${BASE}
+
+# PATH spelled out: a base imported from a root filesystem (podman import) has none.
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 
 # Unprivileged user; every listener port is above 1024, so no capability is needed.
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /srv/gateway \
             --no-create-home --shell /usr/sbin/nologin gateway
 
-WORKDIR /srv/gateway
+COPY --from=build /opt/venv /opt/venv
 
-# Install the package first (its layer is reused while only config/rules change).
-# All dependencies ship manylinux wheels (psycopg[binary], cryptography, uvloop),
-# so the slim image needs no compiler.
-COPY pyproject.toml README.md ./
-COPY gateway ./gateway
-RUN pip install --no-cache-dir . \
- && rm -rf gateway build ./*.egg-info pyproject.toml README.md
+WORKDIR /srv/gateway
 
 # Demo configuration and rules; replace them with read-only mounts in production.
 COPY gateway.toml ./
@@ -62,7 +104,8 @@ ENV GATEWAY_CONFIG=/srv/gateway/gateway.toml \
 EXPOSE 8024 8025 8587 9125
 
 # Ready = database reachable, rules loaded, listeners bound (/readyz answers 200;
-# 503 otherwise, which urlopen raises). python:3.12-slim has no curl.
+# 503 otherwise, which urlopen raises). The base has no curl; python is the venv's.
+# (OCI-format images drop HEALTHCHECK: podman build needs --format docker.)
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9125/readyz', timeout=4)"]
 
