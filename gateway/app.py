@@ -1,6 +1,7 @@
 """Composition root: settings + rules + database + worker pool + listeners + signals.
 
-Lifecycle: start (migrate, load and sync rules, bind listeners, probes, pid file),
+Lifecycle: start (migrate, load and sync rules, bind listeners, probes, the periodic
+database probe, pid file),
 reload (SIGHUP, `gateway reload`, or a change in rules/: load, validate, swap whole;
 on error keep the old rules), stop (SIGTERM/SIGINT: stop accepting, answer 421,
 let transactions under way finish within the grace period, exit 0).
@@ -12,11 +13,12 @@ import asyncio
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from gateway import logs, metrics
 from gateway.delivery import Gateway
@@ -83,6 +85,11 @@ class App:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _pid_written: Path | None = None
+    # The last database probe's verdict (gateway_database_up, /readyz).
+    database_ok: bool = False
+    _database_probe: Any = None
+    _probe_thread: ThreadPoolExecutor | None = None
+    _quarantine_orgs: set[str] = field(default_factory=set)
 
     async def start(self) -> None:
         s = self.settings
@@ -142,6 +149,7 @@ class App:
         await loop.run_in_executor(None, self._postfix_map)
         if s.limits.rules_poll_seconds > 0:
             self._tasks.append(loop.create_task(self._watch_rules()))
+        await self._start_database_probe()
         metrics.up.set(1)
 
     async def _listen(self, name: str, factory, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
@@ -158,20 +166,73 @@ class App:
     # --- operator endpoints -------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Called on the probe server's thread: reads state only, never waits on the
+        database (its answer is the periodic probe's, see _probe_database)."""
         s = self.settings
         wanted = {n for n, v in (("lmtp", s.listeners.lmtp), ("smtp", s.listeners.smtp),
                                  ("submission", s.listeners.submission)) if v}
         bound = wanted <= set(self.bound) and bool(self.servers) and not (self.gateway and self.gateway.stopping)
-        database = False
-        if self.engine is not None:
-            try:
-                with self.engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-                database = True
-            except Exception:
-                database = False
+        database = self.database_ok
         rules = self.gateway is not None and bool(self.gateway.rules.orgs)
         return database and rules and bound, {"database": database, "rules": rules, "listeners": bound}
+
+    async def _start_database_probe(self) -> None:
+        """The first probe before the daemon says it is up, then one every
+        DATABASE_PROBE_SECONDS."""
+        from gateway.probes import DatabaseProbe
+
+        self._database_probe = DatabaseProbe(self.settings.database_url)
+        # A thread of its own: never a delivery worker, never the loop.
+        self._probe_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db-probe")
+        pending = await self._probe_once(None)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._probe_database(pending)))
+
+    async def _probe_database(self, pending: "asyncio.Future[Any] | None") -> None:
+        from gateway.probes import DATABASE_PROBE_SECONDS
+
+        while True:
+            await asyncio.sleep(DATABASE_PROBE_SECONDS)
+            pending = await self._probe_once(pending)
+
+    async def _probe_once(self, pending: "asyncio.Future[Any] | None") -> "asyncio.Future[Any] | None":
+        """One probe, given up on after DATABASE_PROBE_TIMEOUT_SECONDS (down).  A probe
+        still hanging is waited for again next time rather than started twice; returns
+        it, or None once done."""
+        from gateway.probes import DATABASE_PROBE_TIMEOUT_SECONDS
+
+        loop = asyncio.get_running_loop()
+        if pending is None:
+            pending = loop.run_in_executor(self._probe_thread, self._database_probe.check)
+            # Retrieved even if the daemon stops before it ends (no "never retrieved").
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            counts = await asyncio.wait_for(asyncio.shield(pending), DATABASE_PROBE_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            self._database_verdict(False, None, "probe timed out")
+            return pending
+        except Exception as exc:
+            first_line = (str(exc).splitlines() or [""])[0]
+            self._database_verdict(False, None, f"{type(exc).__name__}: {first_line[:300]}")
+            return None
+        self._database_verdict(True, counts, "")
+        return None
+
+    def _database_verdict(self, ok: bool, counts: dict[str, int] | None, error: str) -> None:
+        if ok != self.database_ok:
+            if ok:
+                log.info("database_reachable")
+            else:
+                log.error("database_unreachable", error=error)
+        self.database_ok = ok
+        metrics.database_up.set(1 if ok else 0)
+        if counts is None:  # unknown while the database is down: keep the last numbers
+            return
+        orgs = set(counts) | (set(self.gateway.rules.orgs) if self.gateway is not None else set())
+        for org in orgs:
+            metrics.quarantine_messages.labels(org=org).set(counts.get(org, 0))
+        for gone in self._quarantine_orgs - orgs:  # an organisation removed and nothing of it quarantined
+            metrics.quarantine_messages.remove(gone)
+        self._quarantine_orgs = orgs
 
     def quota_report(self) -> list[dict[str, Any]]:
         from gateway import quota
@@ -274,6 +335,15 @@ class App:
             if QUOTA.source == self.quota_report:
                 QUOTA.source = None
             self.probes.stop()
+        if self._probe_thread is not None:
+            self._probe_thread.shutdown(wait=False, cancel_futures=True)
+        if self._database_probe is not None:
+            self._database_probe.dispose()
+        self.database_ok = False
+        metrics.database_up.set(0)
+        for org in self._quarantine_orgs:
+            metrics.quarantine_messages.remove(org)
+        self._quarantine_orgs = set()
         if self.engine:
             self.engine.dispose()
         if self._pid_written is not None:

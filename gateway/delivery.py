@@ -30,9 +30,13 @@ from gateway.workers import BIG_MESSAGE_BYTES, BigMessages, WorkerPool
 log = logs.get("gateway.delivery")
 
 
-def guarded(fn: Callable[..., Any], operation: str | None = None) -> Callable[..., Any]:
-    """Database work, timed; trouble of any kind is temporary: 451 4.3.0, the MTA retries."""
-    histogram = metrics.db_duration.labels(operation=operation or fn.__name__)
+def guarded(fn: Callable[..., Any], operation: str) -> Callable[..., Any]:
+    """Database work, timed under ``operation`` (one of metrics.DB_OPERATIONS: label
+    values are stable names, never Python names); trouble of any kind is temporary:
+    451 4.3.0, the MTA retries."""
+    if operation not in metrics.DB_OPERATIONS:
+        raise ValueError(f"guarded(): operation {operation!r} is not one of metrics.DB_OPERATIONS; name it there")
+    histogram = metrics.db_duration.labels(operation=operation)
 
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -47,6 +51,11 @@ def guarded(fn: Callable[..., Any], operation: str | None = None) -> Callable[..
 def database_failure(exc: sqlalchemy.exc.SQLAlchemyError) -> TemporaryFailure:
     first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
     return TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}")
+
+
+# The operation name of each kind of route's filing (the filers themselves may be
+# replaced, e.g. by a test; the series stays the same).
+_FILE_OPERATIONS: dict[type, str] = {DropboxRoute: "file_dropbox", AliasRoute: "file_alias"}
 
 
 class ConnectionLimits:
@@ -86,8 +95,9 @@ class Gateway:
         self.big_messages = BigMessages(big_in_memory)
         # Set on SIGTERM: new commands get 421 4.3.2.
         self.stopping = False
-        # Transactions between 354 and their last reply (the stop waits for them).
-        self.in_flight = 0
+        # Transactions between 354 and their last reply (the stop waits for them);
+        # exported as gateway_deliveries_in_flight (property below).
+        self._in_flight = 0
         self.connections = connections or ConnectionLimits(500, 50)
         self.quarantine_after = quarantine_after
         # The filing function of each kind of route.
@@ -95,6 +105,17 @@ class Gateway:
             DropboxRoute: self._file_dropbox,
             AliasRoute: self._file_alias,
         }
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        # By the difference: several Gateway objects in one process (tests, explain)
+        # add up in the one gauge.
+        metrics.deliveries_in_flight.inc(value - self._in_flight)
+        self._in_flight = value
 
     def _file_dropbox(self, rules: RuleIndex, route: DropboxRoute, parsed: ParsedMessage, sender: str) -> repo.FilingResult:
         return dropbox.file(self.engine, rules, route, parsed, sender)
@@ -116,9 +137,10 @@ class Gateway:
             try:
                 if self.writer is None:
                     raise Busy()
-                user_id = guarded(self.writer.read, "dropbox_owner")(repo.dropbox_owner_on, found.org_id, found.token)
+                user_id = guarded(self.writer.read, "dropbox_lookup")(repo.dropbox_owner_on, found.org_id, found.token)
             except Busy:
-                user_id = await self.pool.run(guarded(repo.dropbox_owner), self.engine, found.org_id, found.token)
+                user_id = await self.pool.run(guarded(repo.dropbox_owner, "dropbox_lookup"), self.engine,
+                                              found.org_id, found.token)
             return dropbox_route(rules, found.org_id, user_id)
         return found
 
@@ -126,7 +148,8 @@ class Gateway:
         """route_for, blocking (for `gateway explain`)."""
         found = classify(rules, address)
         if isinstance(found, DropboxCandidate):
-            return dropbox_route(rules, found.org_id, guarded(repo.dropbox_owner)(self.engine, found.org_id, found.token))
+            owner = guarded(repo.dropbox_owner, "dropbox_lookup")(self.engine, found.org_id, found.token)
+            return dropbox_route(rules, found.org_id, owner)
         return found
 
     async def deliver(
@@ -170,7 +193,8 @@ class Gateway:
         for route in routes:
             try:
                 with metrics.timed(metrics.processing_duration, stage="file"):
-                    outcomes.append((guarded(self.filers[type(route)])(rules, route, parsed, envelope_sender), None))
+                    filer = guarded(self.filers[type(route)], _FILE_OPERATIONS[type(route)])
+                    outcomes.append((filer(rules, route, parsed, envelope_sender), None))
             except Exception as exc:  # turned into a reply on the loop
                 outcomes.append((None, exc))
         return outcomes
@@ -224,12 +248,12 @@ class Gateway:
 
         error = f"{type(exc).__name__}: {exc}"
         try:
-            attempts = await self.pool.run(guarded(quarantine.count_failure), self.engine, route.org_id,
-                                           route.key, parsed, error)
+            attempts = await self.pool.run(guarded(quarantine.count_failure, "failure_count"), self.engine,
+                                           route.org_id, route.key, parsed, error)
             if attempts < self.quarantine_after:
                 return REPLIES.internal_error
-            kept = await self.pool.run(guarded(quarantine.keep), self.engine, route.org_id, route, parsed,
-                                       envelope_sender, attempts, error)
+            kept = await self.pool.run(guarded(quarantine.keep, "quarantine_keep"), self.engine, route.org_id,
+                                       route, parsed, envelope_sender, attempts, error)
         except DeliveryFailure:
             return REPLIES.internal_error
         metrics.quarantined.labels(route=route.kind).inc()

@@ -62,7 +62,7 @@ def _explain(gateway: Gateway, rules: RuleIndex, raw: bytes, rcpts: list[str], e
         filer = gateway.filers[type(route)]
         token = DRY_RUN.set(True)
         try:
-            result = guarded(filer)(rules, route, parsed, envelope_sender)
+            result = guarded(filer, f"file_{route.kind}")(rules, route, parsed, envelope_sender)
         except DeliveryFailure as exc:
             out.append(_entry(rcpt, route, exc.reply, {"reason": exc.detail}))
             continue

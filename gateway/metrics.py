@@ -3,7 +3,11 @@
 Conventions (Prometheus naming): one prefix `gateway_`, base units (seconds, bytes),
 `_total` for counters, histograms for sizes and durations, and only bounded labels:
 listener, stage, outcome, reason, kind, pipeline, method, org, class, component,
-result, operation.  Never addresses, message ids or user ids.
+result, operation, state.  Never addresses, message ids or user ids.
+
+Label values are names chosen on purpose and listed here or in README.md ("Metrics
+and probes"), never derived from Python names: a refactoring must not rename a
+series that dashboards and alerts query (issue 11).
 """
 
 from __future__ import annotations
@@ -13,20 +17,58 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info, PlatformCollector,
+                               ProcessCollector, disable_created_metrics)
 
 from gateway import __version__
 
 # No *_created series: they double every counter for little use.
 disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The standard process_* (memory, CPU, file descriptors), python_gc_* and python_info
+# series, as on any Python exporter: prometheus-client registers them only in its own
+# default registry, which we do not serve.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# The `operation` label of gateway_db_operation_duration_seconds: every database call
+# guarded in gateway/delivery.py names one of these (all exported from the start).
+DB_OPERATIONS = (
+    "dropbox_lookup",       # RCPT: dropbox token -> its user
+    "file_dropbox",         # DATA: file one message for one dropbox recipient
+    "file_alias",           # DATA: file one message for one pipeline alias
+    "failure_count",        # one more internal failure of a message (quarantine counting)
+    "quarantine_keep",      # put a message into the quarantine
+    "quota_reserve",        # submission: take (or move) daily quota tokens
+    "relay_dedup",          # submission: was this message relayed already?
+    "relay_record_lookup",  # submission: the record a reply belongs to
+    "relay_store",          # submission: keep the relayed message
+    "probe",                # the periodic database probe (gateway_database_up)
+)
 
 _SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 20971520)
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 build_info = Info("gateway_build", "Version of the gateway and of Python", registry=REGISTRY)
 build_info.info({"version": __version__, "python": platform.python_version()})
-up = Gauge("gateway_up", "1 while the daemon is serving", registry=REGISTRY)
+up = Gauge("gateway_up", "1 while the daemon is serving: listeners bound, not stopping", registry=REGISTRY)
+database_up = Gauge("gateway_database_up",
+                    "1 if the last database probe (SELECT 1 and a query on our schema, every 5 s, off the "
+                    "event loop) succeeded", registry=REGISTRY)
+quarantine_messages = Gauge("gateway_quarantine_messages",
+                            "Messages in the quarantine not yet replayed, per organisation (database, at each probe)",
+                            ["org"], registry=REGISTRY)
+deliveries_in_flight = Gauge("gateway_deliveries_in_flight",
+                             "DATA transactions under way: from 354 to their last reply", registry=REGISTRY)
+big_messages_in_memory = Gauge("gateway_big_messages_in_memory",
+                               "Messages over 1 MB buffered now (at most limits.big_messages_in_memory)",
+                               registry=REGISTRY)
+worker_jobs = Gauge("gateway_worker_jobs",
+                    "Jobs of the worker pool: queued (waiting for a slot or a thread) or running",
+                    ["state"], registry=REGISTRY)
+for _state in ("queued", "running"):
+    worker_jobs.labels(state=_state)
 
 sessions = Counter("gateway_sessions_total", "SMTP/LMTP sessions opened, by listener",
                    ["listener"], registry=REGISTRY)
@@ -57,6 +99,8 @@ relay_duration = Histogram("gateway_relay_duration_seconds", "Time of one hand-o
                            buckets=_TIME_BUCKETS, registry=REGISTRY)
 db_duration = Histogram("gateway_db_operation_duration_seconds", "Duration of database operations",
                         ["operation"], buckets=_TIME_BUCKETS, registry=REGISTRY)
+for _operation in DB_OPERATIONS:  # the documented set, present from the start
+    db_duration.labels(operation=_operation)
 errors = Counter("gateway_errors_total", "Unexpected errors, by component",
                  ["component"], registry=REGISTRY)
 quarantined = Counter("gateway_quarantined_total",

@@ -1,22 +1,31 @@
-"""The operator's HTTP endpoint: /metrics (Prometheus), /healthz and /readyz.
+"""The operator's HTTP endpoint: /metrics (Prometheus), /healthz and /readyz, and the
+periodic database probe behind gateway_database_up and /readyz.
 
 Served by prometheus-client's threading WSGI server in its own thread, so a scrape
-never waits on the event loop and a busy loop never fails a liveness probe.
+never waits on the event loop and a busy loop never fails a liveness probe.  /readyz
+answers from the probe's last result: a request never waits on the database either.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from typing import Any, Callable, Iterable
+from urllib.parse import quote
 from wsgiref.simple_server import make_server
 
 from prometheus_client import make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from gateway import metrics
+from gateway.store import db
+from gateway.store import models as m
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -48,6 +57,57 @@ class QuotaCollector(Collector):
 
 QUOTA = QuotaCollector()
 metrics.REGISTRY.register(QUOTA)
+
+
+# How often the database is probed, and how long one probe may take before it counts
+# as failed.  A SELECT 1 and one small COUNT every few seconds cost nothing; Prometheus
+# scrapes every 15 s, so a cut database shows at the next scrape or the one after.
+DATABASE_PROBE_SECONDS = 5.0
+DATABASE_PROBE_TIMEOUT_SECONDS = 3.0
+
+
+class DatabaseProbe:
+    """SELECT 1 and the quarantine's size per organisation, on a connection of its own.
+
+    Its own connection, not the delivery pool: a pool busy with deliveries must not
+    make the database look down, nor a hung database hold a delivery slot.  SQLite: a
+    fresh connection each time, opened read-write *without creating* the file, so a
+    database file or folder that went away (or became unreadable) shows as down even
+    though the delivery pool's open connections still reach the old file.
+    """
+
+    def __init__(self, database_url: str):
+        url = make_url(db.normalise_url(database_url))
+        if url.get_backend_name() == "sqlite":
+            path = url.database or ":memory:"
+            if path == ":memory:":  # nothing to lose or reach: the probe sees its own
+                self.engine = create_engine("sqlite://", poolclass=NullPool)
+            else:
+                uri = f"file:{quote(path)}?mode=rw"
+
+                def connect() -> sqlite3.Connection:
+                    return sqlite3.connect(uri, uri=True, timeout=DATABASE_PROBE_TIMEOUT_SECONDS,
+                                           check_same_thread=False)
+
+                self.engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+        else:
+            # Short connect and statement timeouts: a probe must answer within the timeout.
+            self.engine = db.make_engine(database_url, DATABASE_PROBE_TIMEOUT_SECONDS, pool_size=1)
+
+    def check(self) -> dict[str, int]:
+        """The number of quarantined messages not replayed, per organisation (those
+        without any left out); raises if the database does not answer SELECT 1 or
+        that query: a database without our schema (a new empty SQLite file, a wrong
+        search_path) serves no delivery either."""
+        table = m.Quarantined.__table__
+        with metrics.db_duration.labels(operation="probe").time(), self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            rows = conn.execute(select(table.c.org_id, func.count()).where(table.c.replayed_at.is_(None))
+                                .group_by(table.c.org_id)).all()
+            return {org: int(count) for org, count in rows}
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
 def _app(ready: Readiness) -> Callable[..., Iterable[bytes]]:

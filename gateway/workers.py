@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
+
+from gateway import metrics
 
 T = TypeVar("T")
 BIG_MESSAGE_BYTES = 1024 * 1024
@@ -32,14 +34,39 @@ class WorkerPool:
         return self._queue, self._big
 
     async def run(self, fn: Callable[..., T], *args: Any, big: bool = False) -> T:
+        """``fn(*args)`` in a worker thread, once a queue slot (and for a big message a
+        big slot) is free.  gateway_worker_jobs counts it "queued" until a thread
+        starts it, then "running"."""
         queue, big_sem = self._semaphores()
-        loop = asyncio.get_running_loop()
-        async with queue:
-            async with (big_sem if big else contextlib.nullcontext()):
-                return await loop.run_in_executor(self._executor, fn, *args)
+        _QUEUED.inc()
+        submitted: Future[T] | None = None
+        try:
+            async with queue:
+                async with (big_sem if big else contextlib.nullcontext()):
+                    submitted = self._executor.submit(_job, fn, *args)
+                    return await asyncio.wrap_future(submitted)
+        finally:
+            # Not started and now never will be (waiting for a slot, or cancelled
+            # while still in the executor's queue): no longer queued.  A job already
+            # running cannot be cancelled; it counts itself out when done.
+            if submitted is None or submitted.cancel():
+                _QUEUED.dec()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=False)
+
+
+_QUEUED = metrics.worker_jobs.labels(state="queued")
+_RUNNING = metrics.worker_jobs.labels(state="running")
+
+
+def _job(fn: Callable[..., T], *args: Any) -> T:
+    _QUEUED.dec()
+    _RUNNING.inc()
+    try:
+        return fn(*args)
+    finally:
+        _RUNNING.dec()
 
 
 class BigMessages:
@@ -82,8 +109,10 @@ class BigSlot:
         finally:
             timer.cancel()
         self.held = True
+        metrics.big_messages_in_memory.inc()
 
     def release(self) -> None:
         if self.held:
             self.held = False
             self._semaphore.release()
+            metrics.big_messages_in_memory.dec()

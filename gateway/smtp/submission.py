@@ -195,7 +195,7 @@ class SubmissionHandler(Handler):
             return REPLIES.too_many_recipients
         org = envelope.rules.orgs[envelope.login.org_id]  # type: ignore[attr-defined]
         try:
-            taken = await self.gateway.pool.run(guarded(quota.reserve), self.gateway.engine, org,
+            taken = await self.gateway.pool.run(guarded(quota.reserve, "quota_reserve"), self.gateway.engine, org,
                                                 envelope.mail_class, 1)  # type: ignore[attr-defined]
         except DeliveryFailure as exc:
             return exc.reply
@@ -244,7 +244,7 @@ class SubmissionHandler(Handler):
         # The class may come from a header (removed before relay): move the tokens.
         wanted = quota.class_from_header(parsed.header(quota.CLASS_HEADER))
         if wanted and wanted != envelope.mail_class:  # type: ignore[attr-defined]
-            moved = await pool.run(guarded(quota.reserve), gw.engine, org, wanted, len(envelope.rcpt_tos))
+            moved = await pool.run(guarded(quota.reserve, "quota_reserve"), gw.engine, org, wanted, len(envelope.rcpt_tos))
             if moved is None:
                 return _quota_reply(org, wanted)
             await self._release(envelope.reservations)  # type: ignore[attr-defined]
@@ -252,10 +252,10 @@ class SubmissionHandler(Handler):
             envelope.mail_class = wanted  # type: ignore[attr-defined]
         sender = parsed.from_.address if parsed.from_ else envelope.mail_from or ""
         outbound.check_sender(org, login, sender)
-        if await pool.run(guarded(outbound.already_relayed), gw.engine, org.id, parsed):
+        if await pool.run(guarded(outbound.already_relayed, "relay_dedup"), gw.engine, org.id, parsed):
             log.info("submission", outcome="duplicate", org=org.id)
             return REPLIES.already_relayed
-        record = await pool.run(guarded(_find_record), gw.engine, org, parsed,
+        record = await pool.run(guarded(_find_record, "relay_record_lookup"), gw.engine, org, parsed,
                                 parsed.header(outbound.RECORD_HEADER))
         subject = outbound.subject_with_token(parsed.subject, record.token) if record else None
         message, message_id = outbound.rewrite(raw, parsed=parsed, subject=subject, hostname=self.settings.server.hostname)
@@ -296,7 +296,7 @@ class SubmissionHandler(Handler):
             envelope.reservations = [back]  # type: ignore[attr-defined]
         user = org.users.get(normalise(sender))
         try:
-            await pool.run(guarded(outbound.store_outbound), gw.engine, rules, org.id, signed + message, record,
+            await pool.run(guarded(outbound.store_outbound, "relay_store"), gw.engine, rules, org.id, signed + message, record,
                            user.id if user else None, decision)
         except DeliveryFailure as exc:
             # Already relayed: the mail is out, so the submitter must not resend it.
