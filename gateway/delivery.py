@@ -264,7 +264,12 @@ class Gateway:
 
 def _parse(raw: bytes) -> ParsedMessage:
     with metrics.timed(metrics.processing_duration, stage="parse"):
-        return parse_message(raw)
+        parsed = parse_message(raw)
+    if parsed.skipped_parts:
+        metrics.parse_anomalies.labels(kind="parts_skipped").inc()
+    if parsed.empty_body:
+        metrics.parse_anomalies.labels(kind="empty_body").inc()
+    return parsed
 
 
 def count_result(route: Route, result: repo.FilingResult) -> None:

@@ -106,6 +106,12 @@ errors = Counter("gateway_errors_total", "Unexpected errors, by component",
 quarantined = Counter("gateway_quarantined_total",
                       "Messages put in the quarantine after repeated internal errors, by route kind",
                       ["route"], registry=REGISTRY)
+parse_anomalies = Counter("gateway_parse_anomalies_total",
+                          "Messages not wholly understood: parts_skipped (nested too deep or too many parts; "
+                          "the raw message keeps them), empty_body (no text and no attachment from a non-blank body)",
+                          ["kind"], registry=REGISTRY)
+for _kind in ("parts_skipped", "empty_body"):
+    parse_anomalies.labels(kind=_kind)
 rule_reloads = Counter("gateway_rule_reloads_total", "Rule reloads by result (ok|failed)",
                        ["result"], registry=REGISTRY)
 for _result in ("ok", "failed"):  # both series exist from the start, so increase() sees the first failure

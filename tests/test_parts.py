@@ -52,3 +52,26 @@ def test_inline_named_text_is_the_stored_text_body(gw):
     with gw.engine.connect() as conn:
         text = conn.execute(sa.text("SELECT text_body FROM emails WHERE id = :id"), {"id": email["id"]}).scalar_one()
     assert text.strip() == "The quotation is 1,200 EUR."
+
+
+def test_parts_the_walker_cannot_reach_are_counted_and_the_raw_message_kept(gw):
+    from gateway import metrics
+    from gateway.ingest.parse import _MAX_DEPTH
+
+    skipped = metrics.parse_anomalies.labels(kind="parts_skipped")
+    empty = metrics.parse_anomalies.labels(kind="empty_body")
+    before = (skipped._value.get(), empty._value.get())
+    body = b"Content-Type: text/plain\r\n\r\nThe text, too deep to reach.\r\n"
+    for level in range(_MAX_DEPTH + 2):
+        b = f"b{level}".encode()
+        body = (b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + body
+                + b"\r\n--" + b + b"--\r\n")
+    data = (b"From: Taro Hashimoto <hashimoto@zylker.example>\r\nTo: charless@zillum.com\r\n"
+            b"Subject: deep\r\nMessage-ID: <deep@zylker.example>\r\n" + body)
+    assert gw.lmtp(HASHIMOTO, [gw.dropbox(HASHIMOTO)], data).codes == [250]
+    assert (skipped._value.get(), empty._value.get()) == (before[0] + 1, before[1] + 1)
+    (email,) = gw.export()["emails"]
+    assert gw.cli("email", "raw", str(email["id"])).stdout == data
+    # an ordinary message counts nothing
+    assert gw.lmtp(HASHIMOTO, [gw.dropbox(HASHIMOTO)], message()).codes == [250]
+    assert (skipped._value.get(), empty._value.get()) == (before[0] + 1, before[1] + 1)
