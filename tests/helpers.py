@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid, formatdate
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -315,3 +316,14 @@ def serve_process(config: Any, env: dict[str, str], log: Any) -> Any:
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=f)
+
+
+def edit_config(path: Path, old: str, new: str, count: int = 1) -> None:
+    """Replace ``old`` with ``new`` in a copy of the demo config (gateway.toml, rules/).
+
+    ``old`` must occur exactly ``count`` times: when the shipped file changes, the test
+    fails here instead of running silently on the setting it meant to change."""
+    text = path.read_text()
+    found = text.count(old)
+    assert found == count, f"{path.name}: {old!r} occurs {found} time(s), expected {count}"
+    path.write_text(text.replace(old, new))

@@ -284,7 +284,7 @@ def test_many_parts(gw) -> None:  # type: ignore[no-untyped-def]
     email = _file_one(gw, data)
     assert email["subject"] == "many parts"
     assert "first part text" in email["text_body"]
-    assert 0 < len(email["attachments"]) <= count
+    assert 0 < len(email["attachments"]) < count  # the cap stopped the walk: not all 6000 were listed
     assert email["attachments"][0] == {"filename": "f0.bin", "content_type": "application/octet-stream", "size": 2}
 
 

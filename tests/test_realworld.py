@@ -80,7 +80,8 @@ def test_utf8_and_rfc2231_filename(gw):
 
 def test_missing_message_id_nul_bytes_and_long_lines(gw):
     body = b"before\x00after\r\n" + b"L" * 5000 + b"\r\nend"
-    data = _raw(["Subject: nul\x00 test"], body).replace(b"Message-ID", b"X-No")
+    data = _raw(["Subject: nul\x00 test"], body)
+    assert b"Message-ID" not in data
     tx = gw.lmtp(H, [gw.dropbox(H)], data)
     assert tx.codes == [250]
     email = _stored(gw)
@@ -107,23 +108,24 @@ def test_deep_nesting(gw):
         parts += f"--b{i}--\r\n".encode()
     data = _raw(["Subject: deep"], parts, ctype='multipart/mixed; boundary="b0"')
     tx = gw.lmtp(H, [gw.dropbox(H)], data)
-    assert tx.codes in ([250], [554])
+    # Deeper than the parser goes (parse._MAX_DEPTH): the rest is opaque, the mail filed.
+    assert tx.codes == [250]
     assert tx.noop[0] == 250
-    if tx.codes == [250]:
-        assert _stored(gw)["subject"] == "deep"
+    assert _stored(gw)["subject"] == "deep"
 
 
-@pytest.mark.parametrize("data", [
-    b"\x00\x01\x02 not a mail at all \xff\xfe",
-    b"no header separator at all and very long " * 200,
-    b"Subject: only a header",
-    b": empty name\r\n\r\nbody",
+@pytest.mark.parametrize("data, code", [
+    (b"\x00\x01\x02 not a mail at all \xff\xfe", 554),
+    (b"no header separator at all and very long " * 200, 554),
+    (b"Subject: only a header", 250),
+    (b": empty name\r\n\r\nbody", 554),
 ])
-def test_garbage_is_filed_or_refused_cleanly(gw, data):
+def test_garbage_is_filed_or_refused_cleanly(gw, data, code):
     tx = gw.lmtp(H, [gw.dropbox(H)], data)
-    # Filed whole (the envelope sender stands in for a missing From), refused for an
-    # unregistered sender (550 5.7.1), or unparseable (554 5.6.0) -- nothing in between.
-    assert tx.codes in ([250], [550], [554])
+    # Filed whole (the envelope sender stands in for a missing From), or unparseable
+    # (554 5.6.0) -- nothing in between.
+    assert tx.codes == [code], tx.data
+    assert tx.data[0][1][:5] == (b"2.0.0" if code == 250 else b"5.6.0")
     assert tx.noop[0] == 250
     if tx.codes == [250]:
         (email,) = gw.export()["emails"]
