@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import edit_config
 import sqlalchemy as sa
 
 from gateway.store import db
@@ -55,10 +57,8 @@ def conf(config_dir: Path, tmp_path: Path) -> Path:
 
 
 def with_tls(config: Path, cert: Path, key: Path) -> None:
-    text = config.read_text()
-    assert '# tls_cert = "/etc/gateway/tls/fullchain.pem"' in text
-    config.write_text(text.replace('# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{cert}"')
-                      .replace('# tls_key = "/etc/gateway/tls/privkey.pem"', f'tls_key = "{key}"'))
+    edit_config(config, '# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{cert}"')
+    edit_config(config, '# tls_key = "/etc/gateway/tls/privkey.pem"', f'tls_key = "{key}"')
 
 
 # --- the demo and DKIM keys -----------------------------------------------------------
@@ -179,11 +179,11 @@ def test_missing_or_garbled_tls_files_are_errors(conf, ca, tmp_path):
     assert code == 1 and f"[submission.tls_cert] TLS certificate {tmp_path / 'absent.crt'} does not exist" in errors
     garbled = tmp_path / "garbled.pem"
     garbled.write_text("hello\n")
-    conf.write_text(conf.read_text().replace(str(tmp_path / "absent.crt"), str(garbled)))
+    edit_config(conf, str(tmp_path / "absent.crt"), str(garbled))
     code, errors = tls_errors(conf)
     assert code == 1 and f"TLS certificate {garbled} holds no PEM certificate" in errors
-    conf.write_text(conf.read_text().replace(f'tls_cert = "{garbled}"', f'tls_cert = "{cert}"')
-                    .replace(f'tls_key = "{key}"', f'tls_key = "{garbled}"'))
+    edit_config(conf, f'tls_cert = "{garbled}"', f'tls_cert = "{cert}"')
+    edit_config(conf, f'tls_key = "{key}"', f'tls_key = "{garbled}"')
     code, errors = tls_errors(conf)
     assert code == 1 and f"[submission.tls_key] TLS key {garbled} is not a PEM private key" in errors
 
@@ -198,7 +198,7 @@ def test_expired_certificate_is_an_error(conf, ca, tmp_path):
 
 def test_certificate_without_key_is_an_error(conf, ca, tmp_path):
     cert, _ = write_cert(ca, tmp_path, "good")
-    conf.write_text(conf.read_text().replace('# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{cert}"'))
+    edit_config(conf, '# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{cert}"')
     code, errors = tls_errors(conf)
     assert code == 1 and "submission.tls_cert is set without submission.tls_key" in errors
 
@@ -228,7 +228,7 @@ def test_serve_refuses_to_start_with_a_named_tls_problem(conf, ca, tmp_path):
 def test_pid_file_under_a_file_is_a_warning(conf, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
-    conf.write_text(conf.read_text().replace('pid_file = "var/gateway.pid"', f'pid_file = "{blocker}/gateway.pid"'))
+    edit_config(conf, 'pid_file = "var/gateway.pid"', f'pid_file = "{blocker}/gateway.pid"')
     code, doc = check_json(conf)
     assert code == 0
     assert f"serve cannot write {blocker}/gateway.pid: {blocker} is a file, not a folder" in messages(doc["warnings"])
@@ -257,7 +257,7 @@ def test_unreachable_database_is_an_error(conf, tmp_path):
 
 
 def test_json_is_printed_in_every_case(conf, tmp_path):
-    conf.write_text(conf.read_text().replace("max_recipients = 100", "max_recipients = 0"))
+    edit_config(conf, "max_recipients = 100", "max_recipients = 0")
     proc = gateway("check", "--config", str(conf), "--json")
     doc = json.loads(proc.stdout)
     assert proc.returncode == 1 and doc["ok"] is False and doc["warnings"] == []

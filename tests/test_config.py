@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import edit_config
+
 from gateway import settings
 from gateway.errors import ConfigError
 from gateway.rules.loader import load_rules
@@ -54,9 +56,7 @@ def _line_of(path: Path, needle: str) -> int:
 )
 def test_rule_errors_name_file_key_and_line(config_dir, old, new, key, message):
     path = config_dir / "rules" / "zylker.toml"
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new, 1))
+    edit_config(path, old, new)
     first = new.splitlines()[-1].split("=")[0].strip()
     line = _line_of(path, new.splitlines()[-1]) if "\n" in new else _line_of(path, new)
     proc = check(config_dir / "gateway.toml")
@@ -69,7 +69,8 @@ def test_rule_errors_name_file_key_and_line(config_dir, old, new, key, message):
 def test_toml_syntax_error_names_line(config_dir):
     path = config_dir / "rules" / "lumen.toml"
     lines = path.read_text().splitlines()
-    lines[5] = "plan = free"
+    assert lines[5] == 'name = "Lumen"'  # line 6, made invalid TOML (a bare word) below
+    lines[5] = "name = Lumen"
     path.write_text("\n".join(lines) + "\n")
     proc = check(config_dir / "gateway.toml")
     assert proc.returncode == 1
@@ -88,7 +89,7 @@ def test_errors_across_files(config_dir):
 
 def test_gateway_toml_errors(config_dir):
     path = config_dir / "gateway.toml"
-    path.write_text(path.read_text().replace("max_recipients = 100", "max_recipients = 0"))
+    edit_config(path, "max_recipients = 100", "max_recipients = 0")
     proc = check(path)
     assert proc.returncode == 1
     assert f"{path}:{_line_of(path, 'max_recipients = 0')}: [limits.max_recipients]" in proc.stderr
@@ -129,9 +130,9 @@ def test_cli_help_lists_commands():
 
 def test_one_alias_per_pipeline(config_dir):
     path = config_dir / "rules" / "lumen.toml"
-    text = path.read_text().replace("[pipelines.alias]", "[[pipelines.alias]]")
-    text += '\n[[pipelines.alias]]\naddress = "help2@in.lumen.example"\nowner = "owner@lumen.example"\n'
-    path.write_text(text)
+    edit_config(path, "[pipelines.alias]", "[[pipelines.alias]]")
+    with path.open("a") as f:
+        f.write('\n[[pipelines.alias]]\naddress = "help2@in.lumen.example"\nowner = "owner@lumen.example"\n')
     proc = check(config_dir / "gateway.toml")
     assert proc.returncode == 1
     assert "[pipelines[0].alias]" in proc.stderr
@@ -139,7 +140,7 @@ def test_one_alias_per_pipeline(config_dir):
 
 def test_reopen_stages_must_be_closed_and_open(config_dir):
     path = config_dir / "rules" / "zylker.toml"
-    path.write_text(path.read_text().replace('reopen_from = ["Resolved", "Closed"]', 'reopen_from = ["Open", "Gone"]'))
+    edit_config(path, 'reopen_from = ["Resolved", "Closed"]', 'reopen_from = ["Open", "Gone"]')
     proc = check(config_dir / "gateway.toml")
     assert proc.returncode == 1
     assert "'Open' is not a closed stage of Service" in proc.stderr
@@ -149,6 +150,6 @@ def test_reopen_stages_must_be_closed_and_open(config_dir):
 
 def test_token_prefixes_unique(config_dir):
     path = config_dir / "rules" / "zylker.toml"
-    path.write_text(path.read_text().replace('token_prefix = "D"', 'token_prefix = "S"'))
+    edit_config(path, 'token_prefix = "D"', 'token_prefix = "S"')
     proc = check(config_dir / "gateway.toml")
     assert proc.returncode == 1 and "token prefix 'S' is also used" in proc.stderr

@@ -40,7 +40,9 @@ def heavy_gw(config_dir: Path, database_url: str) -> Iterator[tuple[object, floa
     stored, cost = _heavy_hash("demo-only")
     rules = config_dir / "rules" / "zylker.toml"
     text = rules.read_text()
-    rules.write_text(re.sub(r'password_hash = "scrypt\$[^"]+"', f'password_hash = "{stored}"', text, count=1))
+    edited, found = re.subn(r'password_hash = "scrypt\$[^"]+"', f'password_hash = "{stored}"', text, count=1)
+    assert found == 1, "the demo's crm@zylker.example password_hash is gone"
+    rules.write_text(edited)
     g = Gateway(config_dir, database_url).start()
     try:
         yield g, cost

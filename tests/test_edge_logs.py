@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.helpers import free_port, message, serve_process, wait_port
+from tests.helpers import edit_config, free_port, message, serve_process, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 FILTER = REPO / "deploy" / "fail2ban" / "filter.d" / "crm-gateway.conf"
@@ -72,9 +72,7 @@ class Daemon:
 
 
 def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, (path, old)
-    path.write_text(text.replace(old, new))
+    edit_config(path, old, new)
 
 
 @pytest.fixture

@@ -14,10 +14,11 @@ SENDER = "hashimoto@zylker.example"
 
 
 def test_ehlo_and_lhlo_advertise_extensions(gw):
-    for client in (gw.smtp_client(), gw.lmtp_client()):
+    for client, greeting in ((gw.smtp_client(), "ehlo"), (gw.lmtp_client(), "lhlo")):
         with client:
-            code, _ = client.ehlo() if not hasattr(client, "lhlo") else client.ehlo()
+            code, _ = client.ehlo()  # smtplib.LMTP.ehlo() sends LHLO
             assert code == 250
+            assert client.ehlo_msg == greeting
             for ext in ("size", "8bitmime", "smtputf8", "pipelining", "enhancedstatuscodes"):
                 assert client.has_extn(ext), ext
             assert client.esmtp_features["size"] == "10485760"
@@ -158,11 +159,12 @@ def test_bare_lf_dot_does_not_end_data(gw):
     """Only <CRLF>.<CRLF> ends DATA (SMTP smuggling, aiosmtpd 1.4.5 advisory)."""
     box = gw.dropbox("hashimoto@zylker.example")
     smuggled = message(body="hello") + b"\n.\nMAIL FROM:<evil@example.com>\r\n"
-    tx = gw.lmtp(SENDER, [box], smuggled, raw=False)
+    # raw=True: sent as written, the bare LFs included (not re-quoted by the helper)
+    tx = gw.lmtp(SENDER, [box], smuggled + b".\r\n", raw=True)
     assert tx.codes == [250]
     assert tx.noop[0] == 250
     raw = gw.cli("email", "raw", str(gw.export()["emails"][0]["id"])).stdout
-    assert b"MAIL FROM:<evil@example.com>" in raw
+    assert b"\n.\nMAIL FROM:<evil@example.com>" in raw
 
 
 def test_other_sessions_get_replies_while_a_10mb_message_is_processed(gw):

@@ -9,7 +9,7 @@ import smtplib
 import dkim
 import pytest
 
-from tests.helpers import message
+from tests.helpers import edit_config, message
 
 CRM = "crm@zylker.example"
 LUMEN_CRM = "crm@lumen.example"
@@ -55,10 +55,9 @@ def test_auth_before_tls_is_refused_unless_allowed_on_loopback(config_dir, datab
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
     conf = config_dir / "gateway.toml"
-    conf.write_text(conf.read_text()
-                    .replace("auth_without_tls_on_loopback = true", "auth_without_tls_on_loopback = false")
-                    .replace('# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{tmp_path / "server.pem"}"')
-                    .replace('# tls_key = "/etc/gateway/tls/privkey.pem"', f'tls_key = "{tmp_path / "server.pem"}"'))
+    edit_config(conf, "auth_without_tls_on_loopback = true", "auth_without_tls_on_loopback = false")
+    edit_config(conf, '# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{tmp_path / "server.pem"}"')
+    edit_config(conf, '# tls_key = "/etc/gateway/tls/privkey.pem"', f'tls_key = "{tmp_path / "server.pem"}"')
     g = Gateway(config_dir, database_url, relay_url=f"smtp://127.0.0.1:{sink.port}").start()
     try:
         with smtplib.SMTP("127.0.0.1", g.submission_port, timeout=30) as client:

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.probes import DATABASE_PROBE_SECONDS, DATABASE_PROBE_TIMEOUT_SECONDS
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, message
+from tests.helpers import TcpProxy, message, edit_config
 from tests.test_operations import http_get
 
 H = "hashimoto@zylker.example"
@@ -293,7 +293,7 @@ def test_worker_jobs_by_state(config_dir, database_url):
     """limits.workers = 1: one job running, two queued behind it; the gauges say so,
     also after a queued job is given up (cancelled) before it ran."""
     conf = config_dir / "gateway.toml"
-    conf.write_text(conf.read_text().replace("workers = 4", "workers = 1"))
+    edit_config(conf, "workers = 4", "workers = 1")
     gw = Gateway(config_dir, database_url).start()
     try:
         assert gw.app.settings.limits.workers == 1
