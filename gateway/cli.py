@@ -182,13 +182,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_email_raw(args: argparse.Namespace) -> int:
+def _stored_raw(args: argparse.Namespace) -> bytes | None:
+    """The raw message ``args.id`` (of ``args.org``, when given), or None after saying so."""
     from gateway.store import repo
 
     _, engine = _open_readonly(args)
     raw = repo.raw_email(engine, args.id, args.org)
     if raw is None:
         print(f"gateway: no email {args.id}", file=sys.stderr)
+    return raw
+
+
+def cmd_email_raw(args: argparse.Namespace) -> int:
+    raw = _stored_raw(args)
+    if raw is None:
         return EXIT_FAIL
     sys.stdout.buffer.write(raw)
     sys.stdout.buffer.flush()
@@ -198,12 +205,9 @@ def cmd_email_raw(args: argparse.Namespace) -> int:
 def cmd_email_attachment(args: argparse.Namespace) -> int:
     from gateway.errors import MalformedMessage
     from gateway.ingest.parse import attachment
-    from gateway.store import repo
 
-    _, engine = _open_readonly(args)
-    raw = repo.raw_email(engine, args.id, args.org)
+    raw = _stored_raw(args)
     if raw is None:
-        print(f"gateway: no email {args.id}", file=sys.stderr)
         return EXIT_FAIL
     try:
         found = attachment(raw, args.index)

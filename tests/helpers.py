@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid, formatdate
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import uvloop
 
@@ -327,3 +328,19 @@ def edit_config(path: Path, old: str, new: str, count: int = 1) -> None:
     found = text.count(old)
     assert found == count, f"{path.name}: {old!r} occurs {found} time(s), expected {count}"
     path.write_text(text.replace(old, new))
+
+
+@contextmanager
+def failing_filer(gw: Any, route_type: type) -> Iterator[None]:
+    """While inside: filing for ``route_type`` raises our own error (a bug this message
+    always hits), so the quarantine path can be driven through the real daemon."""
+    real = gw.app.gateway.filers[route_type]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    gw.app.gateway.filers[route_type] = broken
+    try:
+        yield
+    finally:
+        gw.app.gateway.filers[route_type] = real

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, edit_config, free_port, message, serve_process, wait_port
+from tests.helpers import TcpProxy, edit_config, free_port, message, serve_process, wait_port, failing_filer
 
 H = "hashimoto@zylker.example"
 
@@ -99,16 +99,8 @@ def test_quarantine_after_repeated_internal_errors(gw):
 
     box = gw.dropbox(H)
     data = message(message_id="<poison@zylker.example>", to="p@customer.example")
-    real = gw.app.gateway.filers[DropboxRoute]
-
-    def broken(*args, **kwargs):  # a bug in our code that this message always hits
-        raise RuntimeError("boom")
-
-    gw.app.gateway.filers[DropboxRoute] = broken
-    try:
+    with failing_filer(gw, DropboxRoute):
         codes = [gw.lmtp(H, [box], data).data[0] for _ in range(5)]
-    finally:
-        gw.app.gateway.filers[DropboxRoute] = real
     assert [c for c, _ in codes[:4]] == [451] * 4 and all(m.startswith(b"4.3.0") for _, m in codes[:4])
     assert codes[4][0] == 250 and b"quarantine" in codes[4][1]
     assert gw.count("emails") == 0

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.probes import DATABASE_PROBE_SECONDS, DATABASE_PROBE_TIMEOUT_SECONDS
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, message, edit_config
+from tests.helpers import TcpProxy, message, edit_config, failing_filer
 from tests.test_operations import http_get
 
 H = "hashimoto@zylker.example"
@@ -241,16 +241,8 @@ def test_quarantine_gauge_counts_unreplayed_messages_per_org(gw):
     assert value(port, "gateway_quarantine_messages", org="lumen") == 0
     box = gw.dropbox(H)
     data = message(message_id="<poison-gauge@zylker.example>", to="p@customer.example")
-    real = gw.app.gateway.filers[DropboxRoute]
-
-    def broken(*args, **kwargs):  # a bug in our code that this message always hits
-        raise RuntimeError("boom")
-
-    gw.app.gateway.filers[DropboxRoute] = broken
-    try:
+    with failing_filer(gw, DropboxRoute):
         codes = [gw.lmtp(H, [box], data).codes for _ in range(5)]
-    finally:
-        gw.app.gateway.filers[DropboxRoute] = real
     assert codes == [[451]] * 4 + [[250]]
     within = DATABASE_PROBE_SECONDS + DATABASE_PROBE_TIMEOUT_SECONDS + 3
     wait_for(lambda: value(port, "gateway_quarantine_messages", org="zylker") == 1, within)

@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
@@ -55,22 +55,28 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
         engine.gateway_timeout = timeout_seconds  # type: ignore[attr-defined]
         _sqlite_setup(engine)
         return engine
-    millis = int(timeout_seconds * 1000)
-    # Keep any libpq options given in the URL (e.g. a search_path) and add ours.
-    options = parsed.query.get("options", "")
-    options = options if isinstance(options, str) else " ".join(options)
-    parsed = parsed.difference_update_query(["options"])
+    parsed, connect_args = _pg_connect_args(parsed, timeout_seconds)
     return create_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=timeout_seconds,
-        connect_args={
-            "connect_timeout": max(1, int(timeout_seconds)),
-            "options": f"{options} -c statement_timeout={millis} -c lock_timeout={millis}".strip(),
-        },
+        connect_args=connect_args,
     )
+
+
+def _pg_connect_args(parsed: Any, timeout_seconds: float, extra: str = "") -> tuple[Any, dict[str, Any]]:
+    """libpq connection arguments: our timeouts (and ``extra`` settings) added to any
+    options given in the URL (e.g. a search_path), which are kept."""
+    millis = int(timeout_seconds * 1000)
+    options = parsed.query.get("options", "")
+    options = options if isinstance(options, str) else " ".join(options)
+    parsed = parsed.difference_update_query(["options"])
+    return parsed, {
+        "connect_timeout": max(1, int(timeout_seconds)),
+        "options": f"{options} {extra} -c statement_timeout={millis} -c lock_timeout={millis}".strip(),
+    }
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -123,21 +129,14 @@ def make_readonly_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    millis = int(timeout_seconds * 1000)
-    options = parsed.query.get("options", "")
-    options = options if isinstance(options, str) else " ".join(options)
-    parsed = parsed.difference_update_query(["options"])
+    parsed, connect_args = _pg_connect_args(parsed, timeout_seconds, "-c default_transaction_read_only=on")
     return create_engine(
         parsed,
         pool_size=2,
         max_overflow=2,
         pool_timeout=timeout_seconds,
         isolation_level="REPEATABLE READ",
-        connect_args={
-            "connect_timeout": max(1, int(timeout_seconds)),
-            "options": f"{options} -c default_transaction_read_only=on "
-                       f"-c statement_timeout={millis} -c lock_timeout={millis}".strip(),
-        },
+        connect_args=connect_args,
     )
 
 
