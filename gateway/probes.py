@@ -92,7 +92,12 @@ class DatabaseProbe:
                 self.engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
         else:
             # Short connect and statement timeouts: a probe must answer within the timeout.
-            self.engine = db.make_engine(database_url, DATABASE_PROBE_TIMEOUT_SECONDS, pool_size=1)
+            # A new connection each time (it shows whether one can be made) in autocommit:
+            # a probe cut off mid-way, or still running when the daemon stops, never
+            # leaves a connection idle in a transaction, holding locks.
+            parsed, connect_args = db.pg_connect_args(url, DATABASE_PROBE_TIMEOUT_SECONDS)
+            self.engine = create_engine(parsed, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+                                        connect_args=connect_args)
 
     def check(self) -> dict[str, int]:
         """The number of quarantined messages not replayed, per organisation (those

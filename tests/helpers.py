@@ -245,6 +245,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if self._listener is not listener:  # stopped while this one was connecting: cut it too
+                    client.close()
+                    upstream.close()
+                    continue
                 self._sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -270,10 +274,10 @@ class TcpProxy:
         """Refuse new connections and cut the open ones."""
         import socket
 
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
             sockets, self._sockets = self._sockets, []
         for s in sockets:
             try:

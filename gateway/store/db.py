@@ -55,7 +55,7 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
         engine.gateway_timeout = timeout_seconds  # type: ignore[attr-defined]
         _sqlite_setup(engine)
         return engine
-    parsed, connect_args = _pg_connect_args(parsed, timeout_seconds)
+    parsed, connect_args = pg_connect_args(parsed, timeout_seconds)
     return create_engine(
         parsed,
         pool_size=pool_size,
@@ -66,7 +66,7 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
     )
 
 
-def _pg_connect_args(parsed: Any, timeout_seconds: float, extra: str = "") -> tuple[Any, dict[str, Any]]:
+def pg_connect_args(parsed: Any, timeout_seconds: float, extra: str = "") -> tuple[Any, dict[str, Any]]:
     """libpq connection arguments: our timeouts (and ``extra`` settings) added to any
     options given in the URL (e.g. a search_path), which are kept."""
     millis = int(timeout_seconds * 1000)
@@ -129,7 +129,7 @@ def make_readonly_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    parsed, connect_args = _pg_connect_args(parsed, timeout_seconds, "-c default_transaction_read_only=on")
+    parsed, connect_args = pg_connect_args(parsed, timeout_seconds, "-c default_transaction_read_only=on")
     return create_engine(
         parsed,
         pool_size=2,
