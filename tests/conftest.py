@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from gateway import settings as settings_mod
 from gateway.store import db
 
-from tests.helpers import ServerThread, lmtp_transaction, smtp_transaction
+from tests.helpers import ServerThread, lmtp_transaction, smtp_transaction, drop_schema
 
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL")
@@ -49,7 +49,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            drop_schema(conn, schema)
         admin.dispose()
 
 

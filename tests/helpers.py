@@ -348,3 +348,14 @@ def failing_filer(gw: Any, route_type: type) -> Iterator[None]:
         yield
     finally:
         gw.app.gateway.filers[route_type] = real
+
+
+def drop_schema(conn: Any, schema: str) -> None:
+    """DROP SCHEMA ... CASCADE on an autocommit connection, first ending any session
+    still holding a lock in it (a gateway thread cut off mid-transaction by a test):
+    a test's cleanup must never wait on it."""
+    conn.exec_driver_sql(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s AND l.pid <> pg_backend_pid()",
+        {"schema": schema})
+    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, edit_config, free_port, message, serve_process, wait_port, failing_filer
+from tests.helpers import TcpProxy, edit_config, free_port, message, serve_process, wait_port, failing_filer, drop_schema
 
 H = "hashimoto@zylker.example"
 
@@ -217,7 +217,7 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
         g.stop()
         proxy.stop()
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            drop_schema(conn, schema)
         admin.dispose()
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.probes import DATABASE_PROBE_SECONDS, DATABASE_PROBE_TIMEOUT_SECONDS
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, message, edit_config, failing_filer
+from tests.helpers import TcpProxy, message, edit_config, failing_filer, drop_schema
 from tests.test_operations import http_get
 
 H = "hashimoto@zylker.example"
@@ -120,7 +120,7 @@ def _cuttable_postgresql(config_dir: Path) -> Iterator[Cuttable]:
         g.stop()
         proxy.stop()
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+            drop_schema(conn, schema)
         admin.dispose()
 
 
