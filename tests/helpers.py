@@ -359,3 +359,34 @@ def drop_schema(conn: Any, schema: str) -> None:
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %(schema)s AND l.pid <> pg_backend_pid()",
         {"schema": schema})
     conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def proxied_postgresql(pg_url: str, prefix: str) -> Iterator[tuple[str, "TcpProxy"]]:
+    """A fresh schema on the test PostgreSQL, reached through a TcpProxy a test can cut
+    and restore: yields (database URL through the proxy, proxy).  On exit the proxy
+    stops and the schema is dropped (stop the gateway using it first)."""
+    import os
+    from urllib.parse import urlsplit
+
+    import sqlalchemy as sa
+
+    from gateway.store import db
+
+    parts = urlsplit(pg_url)
+    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxy.start()
+    schema = f"t_{prefix}_" + os.urandom(4).hex()
+    admin = sa.create_engine(db.normalise_url(pg_url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        user = parts.netloc.rpartition("@")[0]
+        try:
+            yield f"{parts.scheme}://{user}@127.0.0.1:{proxy.port}{parts.path}?options=-csearch_path%3D{schema}", proxy
+        finally:
+            proxy.stop()
+            with admin.connect() as conn:
+                drop_schema(conn, schema)
+    finally:
+        admin.dispose()

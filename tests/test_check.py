@@ -94,7 +94,7 @@ def test_dkim_key_readable_by_others_is_an_error(conf):
     key.chmod(0o644)
     code, doc = check_json(conf)
     assert code == 1 and doc["ok"] is False
-    assert f"has mode 0644" in messages(doc["errors"]) and f"chmod 600 {key}" in messages(doc["errors"])
+    assert "has mode 0644" in messages(doc["errors"]) and f"chmod 600 {key}" in messages(doc["errors"])
     key.chmod(0o400)  # stricter than 0600 is fine
     assert check_json(conf)[0] == 0
 

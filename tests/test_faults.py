@@ -15,12 +15,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, edit_config, free_port, message, serve_process, wait_port, failing_filer, drop_schema
+from tests.helpers import TcpProxy, edit_config, failing_filer, free_port, message, proxied_postgresql, serve_process, wait_port
 
 H = "hashimoto@zylker.example"
 
@@ -161,21 +160,13 @@ def test_sqlite_locked_answers_451(config_dir, tmp_path):
 def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
     """PostgreSQL unreachable under load: 451s, no crash; back again: filing resumes
     without a restart."""
-    import sqlalchemy as sa
-
-    from gateway.store import db
-
-    parts = urlsplit(PG_URL)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    proxy.start()
-    schema = "t_proxy_" + os.urandom(4).hex()
-    admin = sa.create_engine(db.normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    netloc = parts.netloc.replace(f":{parts.port}", "") if parts.port else parts.netloc
-    url = f"{parts.scheme}://{netloc.split('@')[0]}@127.0.0.1:{proxy.port}{parts.path}?options=-csearch_path%3D{schema}"
     _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 2")
-    g = Gateway(config_dir, url).start()
+    with proxied_postgresql(PG_URL, "proxy") as (url, proxy):
+        _outage_under_load(Gateway(config_dir, url).start(), proxy)
+
+
+def _outage_under_load(g: Gateway, proxy: TcpProxy) -> None:
+    """3 senders; the database cut for 3 s and restored; then the checks."""
     try:
         box = g.dropbox(H)
         results: list[tuple[int, str]] = []
@@ -215,10 +206,6 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
                 assert mid.strip("<>") in filed  # every 250 was committed
     finally:
         g.stop()
-        proxy.stop()
-        with admin.connect() as conn:
-            drop_schema(conn, schema)
-        admin.dispose()
 
 
 def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:

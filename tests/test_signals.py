@@ -15,13 +15,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 from gateway.probes import DATABASE_PROBE_SECONDS, DATABASE_PROBE_TIMEOUT_SECONDS
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, message, edit_config, failing_filer, drop_schema
+from tests.helpers import message, edit_config, failing_filer, proxied_postgresql
 from tests.test_operations import http_get
 
 H = "hashimoto@zylker.example"
@@ -99,29 +98,13 @@ class Cuttable:
 
 def _cuttable_postgresql(config_dir: Path) -> Iterator[Cuttable]:
     """PostgreSQL through a loopback TCP proxy (as in test_faults.py), cut and restored."""
-    import sqlalchemy as sa
-
-    from gateway.store import db
-
     assert PG_URL
-    parts = urlsplit(PG_URL)
-    proxy = TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    proxy.start()
-    schema = "t_signals_" + os.urandom(4).hex()
-    admin = sa.create_engine(db.normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    user = parts.netloc.rpartition("@")[0]
-    url = f"{parts.scheme}://{user}@127.0.0.1:{proxy.port}{parts.path}?options=-csearch_path%3D{schema}"
-    g = Gateway(config_dir, url).start()
-    try:
-        yield Cuttable(g, proxy.stop, proxy.start)
-    finally:
-        g.stop()
-        proxy.stop()
-        with admin.connect() as conn:
-            drop_schema(conn, schema)
-        admin.dispose()
+    with proxied_postgresql(PG_URL, "signals") as (url, proxy):
+        g = Gateway(config_dir, url).start()
+        try:
+            yield Cuttable(g, proxy.stop, proxy.start)
+        finally:
+            g.stop()
 
 
 def _cuttable_sqlite(config_dir: Path, tmp_path: Path) -> Iterator[Cuttable]:
