@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from sqlalchemy import Connection, select
 
-from gateway.ingest.parse import ParsedMessage
+from gateway.message import ParsedMessage
 from gateway.store import models as m
 
 # Date headers this far ahead of arrival still count (clock skew).

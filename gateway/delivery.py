@@ -19,7 +19,8 @@ from sqlalchemy import Engine
 from gateway import logs, metrics
 from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
 from gateway.ingest import dropbox, email_in
-from gateway.ingest.parse import ParsedMessage, parse_message
+from gateway.ingest.parse import parse_message
+from gateway.message import ParsedMessage
 from gateway.replies import REPLIES, Reply
 from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, classify, dropbox_route
 from gateway.rules.index import RuleIndex

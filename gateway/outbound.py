@@ -20,7 +20,8 @@ from sqlalchemy import Connection, Engine, select
 from gateway.addresses import domain_of, looks_like_address, normalise
 from gateway.conversations import format_token, header_evidence
 from gateway.errors import PermanentFailure
-from gateway.ingest.parse import ParsedMessage, parse_message
+from gateway.ingest.parse import parse_message
+from gateway.message import ParsedMessage
 from gateway.replies import REPLIES
 from gateway.rules.index import LoginEntry, OrgEntry, RuleIndex
 from gateway.store import models as m

@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from gateway.ingest.parse import ParsedMessage, parse_message
+from gateway.ingest.parse import parse_message
+from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxRoute, Route
 from gateway.rules.index import RuleIndex
 from gateway.store import models as m

@@ -12,7 +12,8 @@ from email.header import Header
 import pytest
 
 from gateway.errors import MalformedMessage
-from gateway.ingest.parse import Address, AttachmentInfo, ParsedMessage, parse_message
+from gateway.ingest.parse import parse_message
+from gateway.message import Address, AttachmentInfo, ParsedMessage
 
 
 def crlf(text: str | bytes) -> bytes:

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from gateway.addresses import normalise
 from gateway.errors import MalformedMessage
-from gateway.ingest.parse import ParsedMessage, parse_message
+from gateway.ingest.parse import parse_message
+from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxCandidate, classify
 from gateway.rules.loader import load_rules
 from gateway.smtp.server import MessageTooBig, read_data

@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from gateway.addresses import looks_like_address, normalise
 from gateway.errors import PermanentFailure
-from gateway.ingest.parse import ParsedMessage
+from gateway.message import ParsedMessage
 from gateway.replies import REPLIES
 from gateway.routing import DropboxRoute
 from gateway.rules.index import OrgEntry, RuleIndex, UserEntry

@@ -19,7 +19,7 @@ from gateway.addresses import looks_like_address, normalise
 from gateway.conversations import ThreadMatch, find_thread
 from gateway.ingest import noise
 from gateway.ingest.dropbox import sender_of
-from gateway.ingest.parse import ParsedMessage
+from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute
 from gateway.rules.index import RuleIndex
 from gateway.store import models as m

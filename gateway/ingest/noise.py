@@ -4,7 +4,7 @@ never a reopen (RFC 3834 for auto-replies; RFC 3464/6522 for delivery reports)."
 from __future__ import annotations
 
 from gateway.addresses import domain_of, normalise
-from gateway.ingest.parse import ParsedMessage
+from gateway.message import ParsedMessage
 from gateway.rules.index import RuleIndex
 
 _BULK_PRECEDENCE = {"bulk", "junk", "list"}

@@ -55,6 +55,7 @@ from inscriptis import get_text as _inscriptis_text
 from gateway import logs
 from gateway.errors import MalformedMessage
 from gateway.ingest import jis
+from gateway.message import Address, AttachmentInfo, ParsedMessage
 
 log = logs.get("gateway.parse")
 
@@ -63,55 +64,7 @@ try:  # mail-parser's tolerant RFC 5322 date interpreter (returns UTC values)
 except Exception:  # pragma: no cover - mail-parser missing or reorganised
     _mp_parse_date = None
 
-__all__ = ["Address", "AttachmentInfo", "ParsedMessage", "attachment", "parse_message"]
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    name: str  # decoded display name, "" when none
-    address: str  # addr-spec as written (not lower-cased); never ""
-
-
-@dataclass(frozen=True, slots=True)
-class AttachmentInfo:
-    filename: str  # decoded (RFC 2231 / RFC 2047); "" when none
-    content_type: str  # lower-case "type/subtype"
-    size: int  # decoded byte size of the payload
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedMessage:
-    raw: bytes
-    digest: str
-    message_id: str | None
-    date: datetime | None
-    from_: Address | None
-    sender: Address | None
-    reply_to: tuple[Address, ...]
-    to: tuple[Address, ...]
-    cc: tuple[Address, ...]
-    subject: str
-    text_body: str
-    html_body: str
-    attachments: tuple[AttachmentInfo, ...]
-    in_reply_to: tuple[str, ...]
-    references: tuple[str, ...]
-    content_type: str
-    report_type: str
-    headers: tuple[tuple[str, str], ...]
-    # Parts not looked at (nested deeper than the walker goes, or past its count);
-    # the raw message keeps them.
-    skipped_parts: int = 0
-    # No text, no attachment, yet a non-blank body: something was not understood.
-    empty_body: bool = False
-
-    def header(self, name: str) -> str | None:
-        """First value of the header ``name`` (case-insensitive), or None."""
-        key = name.lower()
-        for field, value in self.headers:
-            if field == key:
-                return value
-        return None
+__all__ = ["Address", "AttachmentInfo", "ParsedMessage", "attachment", "parse_message"]  # the types: gateway.message
 
 
 # --------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from gateway import logs, metrics, passwords, quota
 from gateway.addresses import domain_of, normalise
 from gateway.delivery import Gateway, guarded
 from gateway.errors import DeliveryFailure, MalformedMessage, TemporaryFailure
-from gateway.ingest.parse import ParsedMessage, parse_message
+from gateway.ingest.parse import parse_message
+from gateway.message import ParsedMessage
 from gateway import outbound, signing
 from gateway.relay import Smarthost, relay
 from gateway.replies import REPLIES, Reply

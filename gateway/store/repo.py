@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal
 from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.ingest.parse import ParsedMessage
+from gateway.message import ParsedMessage
 from gateway.rules.index import RuleIndex
 from gateway.store import models as m
 from gateway.store.db import reader, write_transaction
