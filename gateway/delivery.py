@@ -54,11 +54,6 @@ def database_failure(exc: sqlalchemy.exc.SQLAlchemyError) -> TemporaryFailure:
     return TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}")
 
 
-# The operation name of each kind of route's filing (the filers themselves may be
-# replaced, e.g. by a test; the series stays the same).
-_FILE_OPERATIONS: dict[type, str] = {DropboxRoute: "file_dropbox", AliasRoute: "file_alias"}
-
-
 class ConnectionLimits:
     """Sessions at once, in all and per client address (all listeners together)."""
 
@@ -194,7 +189,7 @@ class Gateway:
         for route in routes:
             try:
                 with metrics.timed(metrics.processing_duration, stage="file"):
-                    filer = guarded(self.filers[type(route)], _FILE_OPERATIONS[type(route)])
+                    filer = guarded(self.filers[type(route)], f"file_{route.kind}")
                     outcomes.append((filer(rules, route, parsed, envelope_sender), None))
             except Exception as exc:  # turned into a reply on the loop
                 outcomes.append((None, exc))

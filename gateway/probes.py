@@ -9,10 +9,8 @@ answers from the probe's last result: a request never waits on the database eith
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from typing import Any, Callable, Iterable
-from urllib.parse import quote
 from wsgiref.simple_server import make_server
 
 from prometheus_client import make_wsgi_app
@@ -83,12 +81,7 @@ class DatabaseProbe:
             if path == ":memory:":  # nothing to lose or reach: the probe sees its own
                 self.engine = create_engine("sqlite://", poolclass=NullPool)
             else:
-                uri = f"file:{quote(path)}?mode=rw"
-
-                def connect() -> sqlite3.Connection:
-                    return sqlite3.connect(uri, uri=True, timeout=DATABASE_PROBE_TIMEOUT_SECONDS,
-                                           check_same_thread=False)
-
+                connect = db.sqlite_opener(path, "rw", DATABASE_PROBE_TIMEOUT_SECONDS)
                 self.engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
         else:
             # Short connect and statement timeouts: a probe must answer within the timeout.

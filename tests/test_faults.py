@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_URL, Gateway
-from tests.helpers import TcpProxy, edit_config, failing_filer, free_port, message, proxied_postgresql, serve_process, wait_port
+from tests.helpers import edit_config, failing_filer, free_port, message, proxied_postgresql, serve_process, wait_port
 
 H = "hashimoto@zylker.example"
 
@@ -162,50 +162,46 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
     without a restart."""
     _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 2")
     with proxied_postgresql(PG_URL, "proxy") as (url, proxy):
-        _outage_under_load(Gateway(config_dir, url).start(), proxy)
+        g = Gateway(config_dir, url).start()
+        try:
+            box = g.dropbox(H)
+            results: list[tuple[int, str]] = []
+            stop = threading.Event()
 
+            def load() -> None:
+                i = 0
+                while not stop.is_set() and i < 400:
+                    mid = f"<load-{threading.get_ident()}-{i}@zylker.example>"
+                    try:
+                        tx = g.lmtp(H, [box], message(message_id=mid))
+                        # 451 at RCPT (the dropbox lookup) or after DATA (the filing).
+                        results.append((tx.codes[0] if tx.codes else tx.rcpt_codes[0], mid))
+                    except (OSError, smtplib.SMTPException):
+                        results.append((-1, mid))
+                    i += 1
 
-def _outage_under_load(g: Gateway, proxy: TcpProxy) -> None:
-    """3 senders; the database cut for 3 s and restored; then the checks."""
-    try:
-        box = g.dropbox(H)
-        results: list[tuple[int, str]] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            i = 0
-            while not stop.is_set() and i < 400:
-                mid = f"<load-{threading.get_ident()}-{i}@zylker.example>"
-                try:
-                    tx = g.lmtp(H, [box], message(message_id=mid))
-                    # 451 at RCPT (the dropbox lookup) or after DATA (the filing).
-                    results.append((tx.codes[0] if tx.codes else tx.rcpt_codes[0], mid))
-                except (OSError, smtplib.SMTPException):
-                    results.append((-1, mid))
-                i += 1
-
-        threads = [threading.Thread(target=load) for _ in range(3)]
-        for t in threads:
-            t.start()
-        time.sleep(1.0)
-        proxy.stop()
-        time.sleep(3.0)
-        proxy.start()
-        time.sleep(3.0)
-        stop.set()
-        for t in threads:
-            t.join(60)
-        codes = [c for c, _ in results]
-        assert 451 in codes and 250 in codes
-        assert set(codes) <= {250, 451}, sorted(set(codes))
-        # After the outage new mail is filed again by the same process.
-        assert g.lmtp(H, [box], message(message_id="<after@zylker.example>")).codes == [250]
-        filed = {e["message_id"] for e in g.export()["emails"]}
-        for code, mid in results:
-            if code == 250:
-                assert mid.strip("<>") in filed  # every 250 was committed
-    finally:
-        g.stop()
+            threads = [threading.Thread(target=load) for _ in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            proxy.stop()
+            time.sleep(3.0)
+            proxy.start()
+            time.sleep(3.0)
+            stop.set()
+            for t in threads:
+                t.join(60)
+            codes = [c for c, _ in results]
+            assert 451 in codes and 250 in codes
+            assert set(codes) <= {250, 451}, sorted(set(codes))
+            # After the outage new mail is filed again by the same process.
+            assert g.lmtp(H, [box], message(message_id="<after@zylker.example>")).codes == [250]
+            filed = {e["message_id"] for e in g.export()["emails"]}
+            for code, mid in results:
+                if code == 250:
+                    assert mid.strip("<>") in filed  # every 250 was committed
+        finally:
+            g.stop()
 
 
 def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:

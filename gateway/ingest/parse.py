@@ -268,10 +268,7 @@ def _decode_undeclared(data: bytes, hints: tuple[str, ...] = ()) -> str:
     text = _try_decode(data, "utf-8")
     if text is not None:
         return text
-    for codec in hints:
-        text = _try_decode(data, codec)
-        if text is not None and _oddness(text) == 0:
-            return text
+    # (oddness, preference, text): ties go to the declared charsets, in their order.
     scored: list[tuple[float, int, str]] = []
     for order, codec in enumerate(dict.fromkeys((*hints, *_GUESSES))):
         text = _try_decode(data, codec)
@@ -538,8 +535,9 @@ def _filename(msg: Message, hints: tuple[str, ...] = ()) -> str:
         return ""
 
 
-def _charset_param(msg: Message) -> str | None:
-    value = _param(msg, "charset", "content-type")
+def _param_text(msg: Message, name: str, header: str = "content-type") -> str | None:
+    """A parameter's value as text (the value part of an RFC 2231 triple), or None."""
+    value = _param(msg, name, header)
     if isinstance(value, tuple):
         value = value[2]
     return value if isinstance(value, str) else None
@@ -827,28 +825,28 @@ def _parse(raw: bytes) -> ParsedMessage:
     content_type = _content_type(top)
     report_type = ""
     if content_type == "multipart/report":
-        value = _param(top, "report-type", "content-type")
-        if isinstance(value, tuple):
-            value = value[2]
-        if isinstance(value, str):
-            report_type = _clean(value).strip().lower()
+        report_type = _clean(_param_text(top, "report-type") or "").strip().lower()
 
     texts: list[str] = []
     named_texts: list[str] = []  # inline text/plain parts with a file name
     html: str | None = None
     found: list[tuple[Message, str, int]] = []  # attachments: headers, type, size
+    # The charsets the message declares: for 8-bit header bytes that declare none.
+    eight_bit = not raw.isascii()
     labels = [m.group(1) for v in top.values() if "=?" in v for m in _ENCODED_WORD_CHARSET.finditer(v)]
     walk = _Walk()
     for msg, body, kind, ctype in _leaves(top, raw[body_start:], walk):
-        labels += [label for label in (_charset_param(msg), _rfc2231_charset(msg)) if label]
+        charset = _param_text(msg, "charset")
+        if eight_bit:
+            labels += [label for label in (charset, _rfc2231_charset(msg)) if label]
+        if kind == "html" and html is not None:
+            continue  # a second HTML alternative
+        payload = _decode_payload(msg, body)
         if kind in ("attachment", "named-text"):
-            payload = _decode_payload(msg, body)
             found.append((msg, ctype, len(payload)))
             if kind == "attachment":
                 continue
-        if kind == "html" and html is not None:
-            continue  # a second HTML alternative
-        text = _clean(_normalize_newlines(_decode_text(_decode_payload(msg, body), _charset_param(msg))))
+        text = _clean(_normalize_newlines(_decode_text(payload, charset)))
         if kind == "text":
             texts.append(text)
         elif kind == "named-text":
@@ -856,7 +854,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         else:
             html = text
 
-    hints = _declared_charsets(labels) if not raw.isascii() else ()
+    hints = _declared_charsets(labels) if eight_bit else ()
     attachments = [AttachmentInfo(filename=_attachment_name(msg, ctype, hints), content_type=ctype, size=size)
                    for msg, ctype, size in found]
     html_body = html or ""
@@ -980,9 +978,9 @@ def attachment(raw: bytes, index: int) -> tuple[AttachmentInfo, bytes] | None:
     parsed = parse_message(raw)
     if index >= len(parsed.attachments):
         return None
-    top, start = _top(bytes(raw))
+    top, start = _top(parsed.raw)
     seen = 0
-    for msg, body, kind, _ctype in _leaves(top, bytes(raw)[start:], _Walk()):
+    for msg, body, kind, _ctype in _leaves(top, parsed.raw[start:], _Walk()):
         if kind in ("attachment", "named-text"):
             if seen == index:
                 return parsed.attachments[index], _decode_payload(msg, body)

@@ -16,6 +16,7 @@ from gateway.delivery import Gateway
 from gateway.errors import DeliveryFailure
 from gateway.replies import REPLIES, Reply
 from gateway.routing import serves_domain
+from gateway.smtp.server import client_ip
 
 log = logs.get("gateway.smtp")
 
@@ -30,11 +31,6 @@ def _session_id(session: Session) -> str:
         sid = secrets.token_hex(4)
         session.gateway_id = sid  # type: ignore[attr-defined]
     return sid
-
-
-def client_ip(server: Any) -> str:
-    """The peer address of a session, as logged (the key fail2ban and CrowdSec read)."""
-    return getattr(server, "gateway_peer", None) or "?"
 
 
 def outcome_of(reply: Reply) -> str:

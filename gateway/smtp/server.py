@@ -134,6 +134,11 @@ class _Commands(dict):  # type: ignore[type-arg]
         return super().get(command, default)
 
 
+def client_ip(server: object) -> str:
+    """The peer address of a session, as logged (the key fail2ban and CrowdSec read)."""
+    return getattr(server, "gateway_peer", None) or "?"
+
+
 def _shown(text: str) -> str:
     # Attacker-chosen text in a log line: bounded, NUL visible.
     return text[:32].replace("\0", "\\0")
@@ -161,7 +166,7 @@ class _DataMixin:
     async def _refuse_nul(self, command: str) -> None:
         handler = self.event_handler  # type: ignore[attr-defined]
         handler.count_replies("command", [REPLIES.nul_in_command])
-        event_log.warning("command_refused", client_ip=getattr(self, "gateway_peer", "?"),
+        event_log.warning("command_refused", client_ip=client_ip(self),
                           listener=handler.listener, command=_shown(command), code=501, status="5.5.2",
                           reason="nul_in_command")
         await self.push(str(REPLIES.nul_in_command))  # type: ignore[attr-defined]

@@ -29,8 +29,8 @@ from gateway.relay import Smarthost, relay
 from gateway.replies import REPLIES, Reply
 from gateway.rules.index import LoginEntry, OrgEntry
 from gateway.settings import Settings
-from gateway.smtp.handler import Handler, _queue_id, client_ip
-from gateway.smtp.server import GatewaySMTP
+from gateway.smtp.handler import Handler, _queue_id
+from gateway.smtp.server import GatewaySMTP, client_ip
 from gateway.workers import BIG_MESSAGE_BYTES
 
 log = logs.get("gateway.submission")

@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
@@ -111,13 +111,8 @@ def make_readonly_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
         if not database or database == ":memory:" or not Path(database).is_file():
             raise SchemaNotCurrent("missing", f"no database at {database or '(memory)'}: run `gateway db upgrade` "
                                               "(`gateway serve` also creates it)")
-        # A URI, so the path may hold any character (quoted) and mode=ro applies.
-        uri = f"file:{quote(str(Path(database).resolve()))}?mode=ro"
-
-        def connect() -> sqlite3.Connection:
-            return sqlite3.connect(uri, uri=True, timeout=timeout_seconds, check_same_thread=False)
-
-        engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool, pool_size=2, max_overflow=2)
+        engine = create_engine("sqlite://", creator=sqlite_opener(str(Path(database).resolve()), "ro", timeout_seconds),
+                               poolclass=QueuePool, pool_size=2, max_overflow=2)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -138,6 +133,18 @@ def make_readonly_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
         isolation_level="REPEATABLE READ",
         connect_args=connect_args,
     )
+
+
+def sqlite_opener(path: str, mode: str, timeout_seconds: float) -> Callable[[], sqlite3.Connection]:
+    """A connection factory for an existing SQLite file opened with ``mode`` (``ro``:
+    read only; ``rw``: read-write): never created.  A URI, so the path may hold any
+    character (quoted) and the mode applies."""
+    uri = f"file:{quote(path)}?mode={mode}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=timeout_seconds, check_same_thread=False)
+
+    return connect
 
 
 def make_dry_run_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
@@ -258,20 +265,27 @@ def _transaction(engine: Engine) -> Iterator[Connection]:
             trans.commit()
 
 
-def _alembic_config(conn: Connection):  # type: ignore[no-untyped-def]
+def _alembic_config(conn: Connection | None = None):  # type: ignore[no-untyped-def]
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
-    cfg.attributes["connection"] = conn
+    if conn is not None:
+        cfg.attributes["connection"] = conn
     return cfg
+
+
+def _scripts():  # type: ignore[no-untyped-def]
+    """The migration scripts (revisions), read from gateway/store/migrations."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config())
 
 
 def upgrade(engine: Engine) -> list[str]:
     """Bring the schema to the newest revision; returns the revisions applied."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
     with _upgrade_lock, engine.connect().execution_options(write=True) as conn:
         if engine.dialect.name == "postgresql":
@@ -281,13 +295,11 @@ def upgrade(engine: Engine) -> list[str]:
         try:
             before = MigrationContext.configure(conn).get_current_revision()
             conn.commit()
-            cfg = _alembic_config(conn)
-            command.upgrade(cfg, "head")
+            command.upgrade(_alembic_config(conn), "head")
             conn.commit()
-            script = ScriptDirectory.from_config(cfg)
             applied = [
                 rev.revision
-                for rev in script.iterate_revisions("head", before or "base")
+                for rev in _scripts().iterate_revisions("head", before or "base")
                 if rev.revision != before
             ]
             return list(reversed(applied))
@@ -309,23 +321,13 @@ class SchemaNotCurrent(LookupError):
 
 
 def head_revision() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
 
 def _known_revisions() -> set[str]:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    return {rev.revision for rev in ScriptDirectory.from_config(cfg).walk_revisions()}
+    return {rev.revision for rev in _scripts().walk_revisions()}
 
 
 def require_current_schema(engine: Engine) -> str:
