@@ -21,32 +21,36 @@ from typing import Any
 from sqlalchemy import Engine
 
 from gateway import logs, metrics
-from gateway.delivery import Gateway
+from gateway.delivery import Deliveries, FilingFunction
+from gateway.filing import file
 from gateway.errors import ConfigError
 from gateway.rules.index import RuleIndex
 from gateway.rules.loader import load_rules
 from gateway.settings import Settings, parse_listen
 from gateway.smtp.handler import Handler
 from gateway.smtp.server import GatewayLMTP, GatewaySMTP
-from gateway.store import db, repo
+from gateway.smtp.sessions import ConnectionLimits, Sessions
+from gateway.store import db, organisations
 from gateway.store.writer import LoopWriter
 from gateway.workers import WorkerPool
 
 log = logs.get("gateway.app")
 
 
-def open_database(settings: Settings) -> Engine:
-    """An engine on an up-to-date schema (serve brings an empty database up to date)."""
+def open_database(settings: Settings) -> db.Database:
+    """The database on an up-to-date schema (serve brings an empty database up to date)."""
     engine = db.make_engine(settings.database_url, settings.database.timeout_seconds,
                             pool_size=settings.limits.workers + 2)
     applied = db.upgrade(engine)
     if applied:
         log.info("database_upgraded", revisions=applied)
-    return engine
+    return db.Database(engine, settings.database.timeout_seconds)
 
 
-def load_and_sync(settings: Settings, engine: Engine) -> RuleIndex:
-    return repo.sync_rules(engine, load_rules(settings.rules_dir))
+def load_and_sync(settings: Settings, database: db.Database) -> RuleIndex:
+    """The rules, loaded and given their database ids (written in one transaction)."""
+    rules = load_rules(settings.rules_dir)
+    return database.writing(organisations.sync_rules, rules)
 
 
 def write_postfix_map(settings: Settings, engine: Engine, rules: RuleIndex) -> int | None:
@@ -74,8 +78,11 @@ def _rules_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
 @dataclass
 class App:
     settings: Settings
-    engine: Engine | None = None
-    gateway: Gateway | None = None
+    # The filing function (gateway.filing.file unless a test composes another).
+    filing: FilingFunction | None = None
+    database: db.Database | None = None
+    deliveries: Deliveries | None = None
+    sessions: Sessions | None = None
     pool: WorkerPool | None = None
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
     bound: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -91,26 +98,28 @@ class App:
     _probe_thread: ThreadPoolExecutor | None = None
     _quarantine_orgs: set[str] = field(default_factory=set)
 
+    @property
+    def engine(self) -> Engine | None:
+        return self.database.engine if self.database is not None else None
+
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.pool = WorkerPool(s.limits.workers, s.limits.big_message_slots)
-        self.engine = await loop.run_in_executor(None, open_database, s)
-        rules = await loop.run_in_executor(None, load_and_sync, s, self.engine)
+        self.database = database = await loop.run_in_executor(None, open_database, s)
+        rules = await loop.run_in_executor(None, load_and_sync, s, database)
         metrics.rule_reloads.labels(result="ok").inc()
         metrics.rules_last_reload.set(time.time())
-        from gateway.delivery import ConnectionLimits
-
-        self.gateway = Gateway(self.engine, rules, self.pool,
-                               ConnectionLimits(s.limits.max_connections, s.limits.max_connections_per_client),
-                               quarantine_after=s.limits.quarantine_after_attempts,
-                               writer=LoopWriter(self.engine) if db.is_sqlite(self.engine) else None,
-                               big_in_memory=s.limits.big_messages_in_memory)
+        self.sessions = Sessions(ConnectionLimits(s.limits.max_connections, s.limits.max_connections_per_client),
+                                 big_in_memory=s.limits.big_messages_in_memory)
+        self.deliveries = Deliveries(database, rules, self.pool, quarantine_after=s.limits.quarantine_after_attempts,
+                                     writer=LoopWriter(database) if database.is_sqlite else None,
+                                     filing=self.filing or file)
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
                 continue
             host, port = parse_listen(listen)
-            handler = Handler(self.gateway, listener=name, data_limit=s.limits.max_message_bytes,
+            handler = Handler(self.deliveries, self.sessions, listener=name, data_limit=s.limits.max_message_bytes,
                               max_recipients=s.limits.max_recipients)
             self.handlers.append(handler)
 
@@ -120,10 +129,11 @@ class App:
 
             await self._listen(name, factory, host, port)
         if s.listeners.submission:
-            from gateway.smtp.submission import SubmissionHandler, SubmissionSMTP, tls_context
+            from gateway.smtp.server import SubmissionSMTP
+            from gateway.smtp.submission import SubmissionHandler, tls_context
 
             host, port = parse_listen(s.listeners.submission)
-            self.submission = SubmissionHandler(self.gateway, s)
+            self.submission = SubmissionHandler(self.deliveries, self.sessions, s)
             self.handlers.append(self.submission)
             context = tls_context(s)
 
@@ -171,9 +181,9 @@ class App:
         s = self.settings
         wanted = {n for n, v in (("lmtp", s.listeners.lmtp), ("smtp", s.listeners.smtp),
                                  ("submission", s.listeners.submission)) if v}
-        bound = wanted <= set(self.bound) and bool(self.servers) and not (self.gateway and self.gateway.stopping)
+        bound = wanted <= set(self.bound) and bool(self.servers) and not (self.sessions and self.sessions.stopping)
         database = self.database_ok
-        rules = self.gateway is not None and bool(self.gateway.rules.orgs)
+        rules = self.deliveries is not None and bool(self.deliveries.rules.orgs)
         return database and rules and bound, {"database": database, "rules": rules, "listeners": bound}
 
     async def _start_database_probe(self) -> None:
@@ -227,7 +237,7 @@ class App:
         metrics.database_up.set(1 if ok else 0)
         if counts is None:  # unknown while the database is down: keep the last numbers
             return
-        orgs = set(counts) | (set(self.gateway.rules.orgs) if self.gateway is not None else set())
+        orgs = set(counts) | (set(self.deliveries.rules.orgs) if self.deliveries is not None else set())
         for org in orgs:
             metrics.quarantine_messages.labels(org=org).set(counts.get(org, 0))
         for gone in self._quarantine_orgs - orgs:  # an organisation removed and nothing of it quarantined
@@ -237,15 +247,15 @@ class App:
     def quota_report(self) -> list[dict[str, Any]]:
         from gateway import quota
 
-        if self.gateway is None or self.engine is None:
+        if self.deliveries is None or self.engine is None:
             return []
-        return [quota.status(self.engine, org) for org in self.gateway.rules.orgs.values()]
+        return [quota.status(self.engine, org) for org in self.deliveries.rules.orgs.values()]
 
     def _postfix_map(self) -> None:
-        if self.gateway is None or self.engine is None:
+        if self.deliveries is None or self.engine is None:
             return
         try:
-            count = write_postfix_map(self.settings, self.engine, self.gateway.rules)
+            count = write_postfix_map(self.settings, self.engine, self.deliveries.rules)
             if count is not None:
                 log.info("postfix_map_written", addresses=count, path=self.settings.postfix.recipient_map)
         except Exception as exc:
@@ -257,11 +267,11 @@ class App:
     async def reload(self, cause: str) -> bool:
         """Load, validate and sync the rules, then swap them in whole. On any error the
         old rules stay; the error is logged with file, key and line, and counted."""
-        assert self.gateway is not None and self.engine is not None
+        assert self.deliveries is not None and self.engine is not None
         loop = asyncio.get_running_loop()
         async with self._reload_lock:
             try:
-                rules = await loop.run_in_executor(None, load_and_sync, self.settings, self.engine)
+                rules = await loop.run_in_executor(None, load_and_sync, self.settings, self.database)
             except ConfigError as exc:
                 metrics.rule_reloads.labels(result="failed").inc()
                 for problem in exc.problems:
@@ -273,7 +283,7 @@ class App:
                 metrics.errors.labels(component="reload").inc()
                 log.error("rules_reload_failed", cause=cause, error=f"{type(exc).__name__}: {exc}")
                 return False
-            self.gateway.swap_rules(rules)
+            self.deliveries.swap_rules(rules)
             metrics.rule_reloads.labels(result="ok").inc()
             metrics.rules_last_reload.set(time.time())
             log.info("rules_reloaded", cause=cause, organisations=len(rules.orgs), files=len(rules.files))
@@ -308,16 +318,16 @@ class App:
         metrics.up.set(0)
         for task in self._tasks:
             task.cancel()
-        if self.gateway is not None:
-            self.gateway.stopping = True
+        if self.sessions is not None:
+            self.sessions.stopping = True
         for server in self.servers:
             server.close()
         grace = self.settings.limits.shutdown_grace_seconds
         deadline = time.monotonic() + grace
-        while self.gateway is not None and self.gateway.in_flight > 0 and time.monotonic() < deadline:
+        while self.sessions is not None and self.sessions.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.gateway is not None and self.gateway.in_flight > 0:
-            log.warning("shutdown_grace_expired", in_flight=self.gateway.in_flight)
+        if self.sessions is not None and self.sessions.in_flight > 0:
+            log.warning("shutdown_grace_expired", in_flight=self.sessions.in_flight)
         for handler in self.handlers:
             handler.close_all()
         for server in self.servers:
@@ -327,8 +337,8 @@ class App:
             await self.submission.drain()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
-        if self.gateway is not None and self.gateway.writer is not None:
-            self.gateway.writer.close()
+        if self.deliveries is not None and self.deliveries.writer is not None:
+            self.deliveries.writer.close()
         if self.probes is not None:
             from gateway.probes import QUOTA
 
@@ -344,8 +354,8 @@ class App:
         for org in self._quarantine_orgs:
             metrics.quarantine_messages.remove(org)
         self._quarantine_orgs = set()
-        if self.engine:
-            self.engine.dispose()
+        if self.database:
+            self.database.dispose()
         if self._pid_written is not None:
             self._pid_written.unlink(missing_ok=True)
         log.info("stopped")

@@ -4,31 +4,36 @@ RCPT: address → route (rules in memory; a dropbox token is checked in the data
 so a regenerated address stops working at once in every process).
 DATA: the message is parsed once, in a worker (or, on SQLite and up to 128 KB, in the
 loop's next group-commit batch, gateway/store/writer.py); each route files it in its
-own transaction (a savepoint in a batch); each recipient gets its own reply, 250 only
-after the commit.
+own transaction (a savepoint in a batch) -- the caller opens it and hands the
+connection to the filing; each recipient gets its own reply, 250 only after the commit.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import sqlalchemy.exc
-from sqlalchemy import Engine
+from sqlalchemy import Connection
 
 from gateway import logs, metrics
 from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
-from gateway.ingest import dropbox, email_in
-from gateway.ingest.parse import parse_message
+from gateway.filing import file
+from gateway.parse import parse_message
 from gateway.message import ParsedMessage
+from gateway.outcome import AliasDecision, DropboxDecision, Filing
 from gateway.replies import REPLIES, Reply
-from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, classify, dropbox_route
+from gateway.routing import AliasRoute, DropboxCandidate, Route, classify, dropbox_route
 from gateway.rules.index import RuleIndex
-from gateway.store import repo
+from gateway.store import dropboxes
+from gateway.store.db import Database, savepoint
 from gateway.store.writer import INLINE_MAX_BYTES, Busy, LoopWriter
-from gateway.workers import BIG_MESSAGE_BYTES, BigMessages, WorkerPool
+from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
 
 log = logs.get("gateway.delivery")
+
+# A route's filing, or the error that stopped it (turned into a reply on the loop).
+RouteResult = tuple["Filing | None", "Exception | None"]
 
 
 def guarded(fn: Callable[..., Any], operation: str) -> Callable[..., Any]:
@@ -54,70 +59,25 @@ def database_failure(exc: sqlalchemy.exc.SQLAlchemyError) -> TemporaryFailure:
     return TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}")
 
 
-class ConnectionLimits:
-    """Sessions at once, in all and per client address (all listeners together)."""
-
-    def __init__(self, total: int, per_client: int):
-        self.total_limit, self.per_client_limit = total, per_client
-        self.total = 0
-        self.by_client: dict[str, int] = {}
-
-    def open(self, peer: str) -> Reply | None:
-        self.total += 1
-        count = self.by_client[peer] = self.by_client.get(peer, 0) + 1
-        if self.total > self.total_limit or count > self.per_client_limit:
-            return REPLIES.too_many_connections
-        return None
-
-    def close(self, peer: str) -> None:
-        self.total -= 1
-        left = self.by_client.get(peer, 1) - 1
-        if left > 0:
-            self.by_client[peer] = left
-        else:
-            self.by_client.pop(peer, None)
+# What files one message for one route on the caller's connection (gateway.filing.file).
+FilingFunction = Callable[[Connection, RuleIndex, Route, ParsedMessage, str], Filing]
 
 
-class Gateway:
-    def __init__(self, engine: Engine, rules: RuleIndex, pool: WorkerPool,
-                 connections: ConnectionLimits | None = None, quarantine_after: int = 5,
-                 writer: LoopWriter | None = None, big_in_memory: int = 4):
-        self.engine = engine
+class Deliveries:
+    """The delivery core: route at RCPT, deliver at DATA.  Holds what filing needs --
+    the database, the worker pool, the SQLite loop writer, the rules -- and nothing
+    of the protocol sessions (gateway/smtp/sessions.py)."""
+
+    def __init__(self, database: Database, rules: RuleIndex, pool: WorkerPool, quarantine_after: int = 5,
+                 writer: LoopWriter | None = None, filing: FilingFunction = file):
+        self.database = database
         self._rules = rules
         self.pool = pool
         # SQLite: small messages are filed on the loop in batches (store/writer.py).
         self.writer = writer
-        # Messages over 1 MB held in memory at once (reading waits beyond that).
-        self.big_messages = BigMessages(big_in_memory)
-        # Set on SIGTERM: new commands get 421 4.3.2.
-        self.stopping = False
-        # Transactions between 354 and their last reply (the stop waits for them);
-        # exported as gateway_deliveries_in_flight (property below).
-        self._in_flight = 0
-        self.connections = connections or ConnectionLimits(500, 50)
         self.quarantine_after = quarantine_after
-        # The filing function of each kind of route.
-        self.filers: dict[type, Callable[..., repo.FilingResult]] = {
-            DropboxRoute: self._file_dropbox,
-            AliasRoute: self._file_alias,
-        }
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    @in_flight.setter
-    def in_flight(self, value: int) -> None:
-        # By the difference: several Gateway objects in one process (tests, explain)
-        # add up in the one gauge.
-        metrics.deliveries_in_flight.inc(value - self._in_flight)
-        self._in_flight = value
-
-    def _file_dropbox(self, rules: RuleIndex, route: DropboxRoute, parsed: ParsedMessage, sender: str) -> repo.FilingResult:
-        return dropbox.file(self.engine, rules, route, parsed, sender)
-
-    def _file_alias(self, rules: RuleIndex, route: AliasRoute, parsed: ParsedMessage, sender: str) -> repo.FilingResult:
-        return email_in.file(self.engine, rules, route, parsed, sender)
+        # What files one message for one route (the composition root may wrap it).
+        self.filing = filing
 
     @property
     def rules(self) -> RuleIndex:
@@ -133,19 +93,11 @@ class Gateway:
             try:
                 if self.writer is None:
                     raise Busy()
-                user_id = guarded(self.writer.read, "dropbox_lookup")(repo.dropbox_owner_on, found.org_id, found.token)
+                user_id = guarded(self.writer.read, "dropbox_lookup")(dropboxes.owner, found.org_id, found.token)
             except Busy:
-                user_id = await self.pool.run(guarded(repo.dropbox_owner, "dropbox_lookup"), self.engine,
+                user_id = await self.pool.run(guarded(self.database.reading, "dropbox_lookup"), dropboxes.owner,
                                               found.org_id, found.token)
             return dropbox_route(rules, found.org_id, user_id)
-        return found
-
-    def route_now(self, rules: RuleIndex, address: str) -> Route | None:
-        """route_for, blocking (for `gateway explain`)."""
-        found = classify(rules, address)
-        if isinstance(found, DropboxCandidate):
-            owner = guarded(repo.dropbox_owner, "dropbox_lookup")(self.engine, found.org_id, found.token)
-            return dropbox_route(rules, found.org_id, owner)
         return found
 
     async def deliver(
@@ -160,7 +112,7 @@ class Gateway:
             try:
                 if self.writer is None or len(raw) > INLINE_MAX_BYTES:
                     raise Busy()
-                parsed, outcomes = await self.writer.run(self._work, rules, routes, raw, envelope_sender)
+                parsed, outcomes = await self.writer.run(self._work_in_batch, rules, routes, raw, envelope_sender)
             except Busy:
                 parsed, outcomes = await self.pool.run(self._work, rules, routes, raw, envelope_sender, big=big)
         except PermanentFailure as exc:
@@ -177,26 +129,35 @@ class Gateway:
         return replies
 
     def _work(self, rules: RuleIndex, routes: list[Route], raw: bytes,
-              envelope_sender: str) -> tuple[ParsedMessage, list[tuple[repo.FilingResult | None, Exception | None]]]:
-        """Off the loop: parse, then file for each route."""
+              envelope_sender: str) -> tuple[ParsedMessage, list[RouteResult]]:
+        """In a worker: parse, then file each route in its own transaction."""
         parsed = _parse(raw)
-        return parsed, self._file_all(rules, routes, parsed, envelope_sender)
+        return parsed, self._file_each(self.database.write, rules, routes, parsed, envelope_sender)
 
-    def _file_all(self, rules: RuleIndex, routes: list[Route], parsed: ParsedMessage,
-                  envelope_sender: str) -> list[tuple[repo.FilingResult | None, Exception | None]]:
-        """Each route's filing in its own transaction (a savepoint in a writer batch)."""
-        outcomes: list[tuple[repo.FilingResult | None, Exception | None]] = []
+    def _work_in_batch(self, conn: Connection, rules: RuleIndex, routes: list[Route], raw: bytes,
+                       envelope_sender: str) -> tuple[ParsedMessage, list[RouteResult]]:
+        """On the loop, in the writer's batch transaction: parse, then file each route
+        in its own savepoint (committed with the batch)."""
+        parsed = _parse(raw)
+        return parsed, self._file_each(lambda: savepoint(conn), rules, routes, parsed, envelope_sender)
+
+    def _file_each(self, transaction: Callable[[], ContextManager[Connection]], rules: RuleIndex,
+                   routes: list[Route], parsed: ParsedMessage, envelope_sender: str) -> list[RouteResult]:
+        def file_one(route: Route) -> Filing:
+            with transaction() as conn:
+                return self.filing(conn, rules, route, parsed, envelope_sender)
+
+        outcomes: list[RouteResult] = []
         for route in routes:
             try:
                 with metrics.timed(metrics.processing_duration, stage="file"):
-                    filer = guarded(self.filers[type(route)], f"file_{route.kind}")
-                    outcomes.append((filer(rules, route, parsed, envelope_sender), None))
+                    outcomes.append((guarded(file_one, f"file_{route.kind}")(route), None))
             except Exception as exc:  # turned into a reply on the loop
                 outcomes.append((None, exc))
         return outcomes
 
     async def _reply(self, route: Route, parsed: ParsedMessage, envelope_sender: str,
-                     result: repo.FilingResult | None, error: Exception | None, started: float) -> Reply:
+                     result: Filing | None, error: Exception | None, started: float) -> Reply:
         fields: dict[str, Any] = {"org": route.org_id, "route": route.kind}
         if isinstance(error, DeliveryFailure):
             reply = error.reply
@@ -214,27 +175,10 @@ class Gateway:
                       duration_ms=_ms(started), exc_info=error, **fields)
             return await self._failed(route, parsed, envelope_sender, error or RuntimeError("no result"))
         count_result(route, result)
-        if result.duplicate:
-            reply, outcome = REPLIES.duplicate, "duplicate"
-        elif result.dropped:
-            # Noise outside any thread: accepted and dropped, never bounced (no backscatter).
-            reply, outcome = REPLIES.dropped, "dropped"
-            fields["noise"] = result.decision.get("noise")
-        else:
-            reply, outcome = REPLIES.filed, "filed"
-        if result.decision.get("record"):
-            fields["record_id"] = result.decision["record"]["id"]
-            fields["thread"] = result.decision.get("thread", {}).get("method")
-        log.info(
-            "recipient_decision",
-            outcome=outcome,
-            code=reply.code,
-            status=reply.status,
-            email_id=result.email_id,
-            people=[(p["kind"], p["id"], p["action"]) for p in result.people],
-            duration_ms=_ms(started),
-            **fields,
-        )
+        reply = reply_for(result)
+        fields.update(log_fields(result))
+        log.info("recipient_decision", outcome=result.result, code=reply.code, status=reply.status,
+                 email_id=result.email_id, people=_people(result), duration_ms=_ms(started), **fields)
         return reply
 
     async def _failed(self, route: Route, parsed: ParsedMessage, envelope_sender: str, exc: Exception) -> Reply:
@@ -244,12 +188,12 @@ class Gateway:
 
         error = f"{type(exc).__name__}: {exc}"
         try:
-            attempts = await self.pool.run(guarded(quarantine.count_failure, "failure_count"), self.engine,
+            attempts = await self.pool.run(guarded(self.database.writing, "failure_count"), quarantine.count_failure,
                                            route.org_id, route.key, parsed, error)
             if attempts < self.quarantine_after:
                 return REPLIES.internal_error
-            kept = await self.pool.run(guarded(quarantine.keep, "quarantine_keep"), self.engine, route.org_id,
-                                       route, parsed, envelope_sender, attempts, error)
+            kept = await self.pool.run(guarded(self.database.writing, "quarantine_keep"), quarantine.keep,
+                                       route.org_id, route, parsed, envelope_sender, attempts, error)
         except DeliveryFailure:
             return REPLIES.internal_error
         metrics.quarantined.labels(route=route.kind).inc()
@@ -268,22 +212,41 @@ def _parse(raw: bytes) -> ParsedMessage:
     return parsed
 
 
-def count_result(route: Route, result: repo.FilingResult) -> None:
+# The reply of each result (noise outside any thread is accepted and dropped, never
+# bounced: no backscatter).
+_REPLIES = {"filed": REPLIES.filed, "dropped": REPLIES.dropped, "duplicate": REPLIES.duplicate}
+
+
+def reply_for(filing: Filing) -> Reply:
+    return _REPLIES[filing.result]
+
+
+def log_fields(filing: Filing) -> dict[str, Any]:
+    """What the recipient_decision log line says of a filing beyond its result."""
+    d = filing.decision
+    if not isinstance(d, AliasDecision):
+        return {}
+    if filing.dropped:
+        return {"noise": str(d.noise) if d.noise else None}
+    assert d.record is not None
+    return {"record_id": d.record.id, "thread": d.thread.method}
+
+
+def _people(filing: Filing) -> list[tuple[str, int | None, str]]:
+    d = filing.decision
+    return [(p.kind, p.id, p.action) for p in d.people] if isinstance(d, DropboxDecision) else []
+
+
+def count_result(route: Route, result: Filing) -> None:
     """Metrics of what a filing created, how it threaded, whether it reopened."""
     if result.duplicate:
         return
     pipeline = route.alias.pipeline if isinstance(route, AliasRoute) else ""
-    for person in result.people:
-        if person["action"] == "created":
-            metrics.created.labels(kind=person["kind"], pipeline=pipeline).inc()
-    decision = result.decision
-    if (decision.get("contact") or {}).get("action") == "created":
-        metrics.created.labels(kind="contact", pipeline=pipeline).inc()
-    if (decision.get("record") or {}).get("action") == "created":
-        metrics.created.labels(kind="record", pipeline=pipeline).inc()
-    if decision.get("thread"):
-        metrics.thread_decisions.labels(method=decision["thread"]["method"]).inc()
-    if (decision.get("stage_change") or {}).get("cause") == "reply":
+    for kind in result.created():
+        metrics.created.labels(kind=kind, pipeline=pipeline).inc()
+    if isinstance(result.decision, AliasDecision):
+        metrics.thread_decisions.labels(method=result.decision.thread.method).inc()
+    if result.reopened():
         metrics.reopens.labels(pipeline=pipeline).inc()
 
 

@@ -1,38 +1,30 @@
 """`gateway explain`: what the gateway would do with a message, per recipient, writing nothing.
 
 It runs the delivery code itself -- routing, the dropbox and email-in filers, thread
-matching, reopen -- inside transactions that are rolled back (store.db.DRY_RUN), so
-its answer and a real delivery of the same message cannot drift apart.
+matching, reopen -- inside transactions that are rolled back (Database.rolled_back),
+so its answer and a real delivery of the same message cannot drift apart.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
-
-from gateway.delivery import Gateway, guarded
+from gateway import filing
+from gateway.delivery import guarded, reply_for
 from gateway.errors import DeliveryFailure, MalformedMessage
-from gateway.ingest.parse import parse_message
+from gateway.parse import parse_message
 from gateway.replies import REPLIES, Reply
 from gateway.addresses import domain_of, normalise
-from gateway.routing import DropboxRoute, serves_domain
+from gateway.routing import DropboxCandidate, DropboxRoute, Route, classify, dropbox_route, serves_domain
 from gateway.rules.index import RuleIndex
-from gateway.store.db import DRY_RUN
-from gateway.workers import WorkerPool
+from gateway.outcome import Filing, decision_json
+from gateway.store import dropboxes
+from gateway.store.db import Database
 
 
-def explain(engine: Engine, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
-    """`engine`: one that may run the filers' statements (store.db.make_dry_run_engine);
-    every transaction on it is rolled back here."""
-    pool = WorkerPool(1, 1)
-    try:
-        return _explain(Gateway(engine, rules, pool), rules, raw, rcpts, envelope_sender)
-    finally:
-        pool.shutdown()
-
-
-def _explain(gateway: Gateway, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
+def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
+    """`database`: one whose engine may run the filers' statements
+    (store.db.make_dry_run_engine); every transaction is rolled back here."""
     try:
         parsed = parse_message(raw)
     except MalformedMessage as exc:
@@ -44,7 +36,7 @@ def _explain(gateway: Gateway, rules: RuleIndex, raw: bytes, rcpts: list[str], e
             out.append(_entry(rcpt, None, REPLIES.relay_denied, {"reason": "not a gateway domain: relaying denied"}))
             continue
         try:
-            route = gateway.route_now(rules, rcpt)
+            route = _route(database, rules, rcpt)
         except DeliveryFailure as exc:
             out.append(_entry(rcpt, None, exc.reply, {"reason": exc.detail}))
             continue
@@ -59,27 +51,36 @@ def _explain(gateway: Gateway, rules: RuleIndex, raw: bytes, rcpts: list[str], e
             out.append(_entry(rcpt, route, None, {"reason": f"{missing} is not in the database yet: the gateway "
                                                             "adds it when it loads these rules (start or reload)"}))
             continue
-        filer = gateway.filers[type(route)]
-        token = DRY_RUN.set(True)
         try:
-            result = guarded(filer, f"file_{route.kind}")(rules, route, parsed, envelope_sender)
+            result = guarded(_file_rolled_back, f"file_{route.kind}")(database, rules, route, parsed, envelope_sender)
         except DeliveryFailure as exc:
             out.append(_entry(rcpt, route, exc.reply, {"reason": exc.detail}))
             continue
-        finally:
-            DRY_RUN.reset(token)
-        if result.duplicate:
-            reply, decision = REPLIES.duplicate, {"duplicate": True}
-        elif result.dropped:
-            reply, decision = REPLIES.dropped, result.decision
-        else:
-            reply, decision = REPLIES.filed, result.decision
-        out.append(_entry(rcpt, route, reply, _would(decision)))
+        # Ids of things created in the rolled-back transaction are not real.
+        shown = result.without_new_ids()
+        decision = decision_json(shown.decision) if shown.decision is not None else {"duplicate": True}
+        out.append(_entry(rcpt, route, reply_for(result), decision))
     return {
         "message": {"parsed": True, "message_id": parsed.message_id, "subject": parsed.subject,
                     "from": parsed.from_.address if parsed.from_ else None, "envelope_sender": envelope_sender},
         "recipients": out,
     }
+
+
+def _route(database: Database, rules: RuleIndex, address: str) -> Route | None:
+    """The route of an address, as at RCPT (blocking)."""
+    found = classify(rules, address)
+    if isinstance(found, DropboxCandidate):
+        owner = guarded(database.reading, "dropbox_lookup")(dropboxes.owner, found.org_id, found.token)
+        return dropbox_route(rules, found.org_id, owner)
+    return found
+
+
+def _file_rolled_back(database: Database, rules: RuleIndex, route: Route, parsed: Any,
+                      envelope_sender: str) -> Filing:
+    """The real filing, in a transaction that is rolled back."""
+    with database.rolled_back() as conn:
+        return filing.file(conn, rules, route, parsed, envelope_sender)
 
 
 def _not_in_database(rules: RuleIndex, route: Any) -> str | None:
@@ -102,18 +103,6 @@ def _entry(rcpt: str, route: Any, reply: Reply | None, decision: dict[str, Any])
     entry["decision"] = decision
     entry["reply"] = str(reply) if reply is not None else None
     return entry
-
-
-def _would(decision: dict[str, Any]) -> dict[str, Any]:
-    """Ids of things that would be created are not real (the transaction rolled back)."""
-    out = dict(decision)
-    if "people" in out:
-        out["people"] = [{k: v for k, v in p.items() if not (k == "id" and p["action"] == "created")}
-                         for p in out["people"]]
-    for key in ("contact", "record"):
-        if isinstance(out.get(key), dict) and out[key].get("action") == "created":
-            out[key] = {"action": "created"}
-    return out
 
 
 def render(report: dict[str, Any]) -> str:

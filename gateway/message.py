@@ -1,7 +1,7 @@
 """The value every layer passes around: one received message, parsed.
 
 At the bottom of the house (it imports nothing of the gateway): the parser
-(gateway.ingest.parse) makes it, routing, filing, the store and the relay read it.
+(gateway.parse) makes it, routing, filing, the store and the relay read it.
 Immutable; every ``str`` field is safe for PostgreSQL ``text`` (no NUL, no lone
 surrogates).
 """
@@ -31,7 +31,7 @@ class AttachmentInfo:
 class ParsedMessage:
     raw: bytes  # as received, byte for byte
     # sha256 of the originator fields and the body (parse.DIGEST_FIELDS): with the
-    # Message-ID, the idempotency key (store.repo.message_key)
+    # Message-ID, the idempotency key (store.deliveries.message_key)
     digest: str
     message_id: str | None
     date: datetime | None

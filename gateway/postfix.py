@@ -13,21 +13,21 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from gateway.routing import dropbox_address, dropbox_route
 from gateway.rules.index import RuleIndex
-from gateway.store import models as m
+from gateway.store import dropboxes
 
 
 def recipients(engine: Engine, rules: RuleIndex) -> list[str]:
     """Every address the gateway accepts now: aliases and live dropbox addresses."""
     out = set(rules.aliases)
-    table = m.DropboxAddress.__table__
     with engine.connect() as conn:
-        for token, org_id, user_id in conn.execute(select(table.c.token, table.c.org_id, table.c.user_id)):
-            if dropbox_route(rules, org_id, user_id) is not None:
-                out.add(dropbox_address(token, rules.orgs[org_id].gateway_domain))
+        tokens = dropboxes.listing(conn)
+    for token, org_id, user_id in tokens:
+        if dropbox_route(rules, org_id, user_id) is not None:
+            out.add(dropbox_address(token, rules.orgs[org_id].gateway_domain))
     return sorted(out)
 
 

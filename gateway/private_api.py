@@ -46,76 +46,84 @@ class PrivateUse:
 
 
 PRIVATE_USES: tuple[PrivateUse, ...] = (
-    # --- aiosmtpd: gateway/smtp/server.py replaces smtp_DATA and hooks the session --------
+    # --- aiosmtpd: only gateway/smtp/server.py (the protocol classes) uses these ---------
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP.smtp_DATA",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA",
         "replaced by a chunked reader with per-recipient LMTP replies and RFC 3463 codes; "
         "it mirrors aiosmtpd's checks (HELO, AUTH, RCPT, argument) and smuggling rule",
         "async (self, arg)", kind="replaced",
         source_sha256="3a33f30d3fd6d02f39c7d78a08288bffea9170525b62e2161568041ae7e018df"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._reader",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA -> read_data",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA -> read_data",
         "the session's asyncio.StreamReader, read in 256 KiB chunks instead of line by line",
         "instance attribute"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._reset_timeout",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA (read_data's on_progress)",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA (read_data's on_progress)",
         "restart the idle timer per DATA chunk (RFC 5321 4.5.3.2.6)",
         "(self, duration=None)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._call_handler_hook",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA",
         "call the handler's handle_DATA the way aiosmtpd's own smtp_DATA does",
         "async (self, command, *args)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._set_post_data_state",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA; gateway/smtp/submission.py "
-        "SubmissionSMTP._set_post_data_state (override)",
-        "a fresh envelope after DATA; the submission override gives quota tokens back, "
-        "relying on aiosmtpd calling it from _set_rset_state (RSET, EHLO, HELO)",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA; GatewayProtocol._set_post_data_state "
+        "(override)",
+        "a fresh envelope after DATA; the override ends our transaction with aiosmtpd's envelope "
+        "(submission gives its quota tokens back), relying on aiosmtpd calling it from "
+        "_set_rset_state (RSET, EHLO, HELO, STARTTLS)",
         "(self)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._set_rset_state",
-        "gateway/smtp/submission.py SubmissionSMTP._set_post_data_state (relies on it)",
-        "RSET/EHLO must reach _set_post_data_state, or reserved quota tokens leak",
+        "gateway/smtp/server.py GatewayProtocol._set_post_data_state (relies on it)",
+        "RSET/EHLO must reach _set_post_data_state, or a transaction outlives its envelope "
+        "and reserved quota tokens leak",
         "(self)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._getaddr",
-        "gateway/smtp/server.py _DataMixin._getaddr (override)",
+        "gateway/smtp/server.py GatewayProtocol._getaddr (override)",
         "a regex fast path for plain <local@domain> paths; anything else goes to aiosmtpd's",
         "(self, arg)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._handle_client",
-        "gateway/smtp/server.py _DataMixin._handle_client (override)",
+        "gateway/smtp/server.py GatewayProtocol._handle_client (override)",
         "421 instead of the greeting when over the connection limits (RFC 5321 3.1)",
         "async (self)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._timeout_cb",
-        "gateway/smtp/server.py _DataMixin._timeout_cb (override)",
+        "gateway/smtp/server.py GatewayProtocol._timeout_cb (override)",
         "say 421 4.4.2 before aiosmtpd closes an idle session silently (RFC 5321 4.5.3.2)",
         "(self)"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._smtp_methods",
-        "gateway/smtp/server.py _DataMixin.__init__ (_Commands)",
+        "gateway/smtp/server.py GatewayProtocol.__init__ (_Commands)",
         "the command table (name -> bound smtp_* method) that _handle_client looks up with "
         ".get(command) for every line, and HELP reads; wrapped so a line with a NUL octet is "
         "refused 501 5.5.2 before any command sees it",
         "instance attribute"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP._auth_require_tls",
-        "gateway/smtp/submission.py SubmissionSMTP.connection_made",
+        "gateway/smtp/server.py SubmissionSMTP.connection_made",
         "allow AUTH without TLS from loopback when the configuration says so",
         "instance attribute"),
     PrivateUse(
+        "aiosmtpd", "aiosmtpd.smtp:SMTP._authenticate",
+        "gateway/smtp/server.py SubmissionSMTP._authenticate (override)",
+        "auth_PLAIN/auth_LOGIN call it synchronously with the decoded credentials; ours only "
+        "keeps them, so the scrypt check is awaited off the event loop after",
+        "(self, mechanism, auth_data)"),
+    PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP.check_helo_needed",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA",
         "the same 503 as aiosmtpd's DATA when no HELO/EHLO came first",
         "async (self, helo='HELO')", kind="internal"),
     PrivateUse(
         "aiosmtpd", "aiosmtpd.smtp:SMTP.check_auth_needed",
-        "gateway/smtp/server.py _DataMixin.smtp_DATA",
+        "gateway/smtp/server.py GatewayProtocol.smtp_DATA",
         "the same 530 as aiosmtpd's DATA when AUTH is required and missing",
         "async (self, caller_method)", kind="internal"),
     # --- the standard library ---------------------------------------------------------
@@ -127,7 +135,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "instance attribute"),
     PrivateUse(
         "python", "codecs:CodecInfo._is_text_encoding",
-        "gateway/ingest/parse.py (charset lookup)",
+        "gateway/parse/charsets.py codecs_for",
         "refuse bytes-to-bytes codecs (base64, zlib, ...) named as a MIME charset; read with "
         "getattr(..., True), so if it vanished every codec would pass silently",
         "attribute"),
@@ -178,7 +186,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     # --- mail-parser -------------------------------------------------------------------
     PrivateUse(
         "mail-parser", "mailparser.dates:parse_mail_date",
-        "gateway/ingest/parse.py (Date header)",
+        "gateway/parse/fields.py parse_date",
         "RFC 5322 date interpreter, new in mail-parser 4.8; imported under except Exception "
         "with a stdlib fallback, so a move would silently lose obsolete-syntax dates",
         "(raw)", kind="public"),

@@ -17,13 +17,13 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.registry import Collector
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from gateway import metrics
-from gateway.store import db
-from gateway.store import models as m
+from gateway.store import db, health
+from gateway.store import quarantine as store_quarantine
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -97,12 +97,9 @@ class DatabaseProbe:
         without any left out); raises if the database does not answer SELECT 1 or
         that query: a database without our schema (a new empty SQLite file, a wrong
         search_path) serves no delivery either."""
-        table = m.Quarantined.__table__
         with metrics.db_duration.labels(operation="probe").time(), self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-            rows = conn.execute(select(table.c.org_id, func.count()).where(table.c.replayed_at.is_(None))
-                                .group_by(table.c.org_id)).all()
-            return {org: int(count) for org, count in rows}
+            health.ping(conn)
+            return store_quarantine.waiting_per_org(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -13,77 +13,66 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine
 
-from gateway.ingest.parse import parse_message
+from gateway.errors import UserError
+from gateway.filing import file
+from gateway.parse import parse_message
 from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxRoute, Route
 from gateway.rules.index import RuleIndex
-from gateway.store import models as m
-from gateway.store import repo
-from gateway.store.db import write_transaction
+from gateway.store import quarantine as store_quarantine
+from gateway.store.db import Database
+from gateway.store.deliveries import message_key
 
 
 def route_ref(route: Route) -> str:
     return route.user.email if isinstance(route, DropboxRoute) else route.alias.address
 
 
-def count_failure(engine: Engine, org_id: str, route: str, parsed: ParsedMessage, error: str) -> int:
+def count_failure(conn: Connection, org_id: str, route: str, parsed: ParsedMessage, error: str) -> int:
     """One more internal failure of this message on this route; returns the count."""
-    table = m.DeliveryFailure.__table__
-    with write_transaction(engine) as conn:
-        stmt = repo.insert_for(conn, table).values(
-            org_id=org_id, route=route, message_key=repo.message_key(parsed), attempts=1,
-            last_error=error[:2000], updated_at=repo.now())
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["org_id", "route", "message_key"],
-            set_={"attempts": table.c.attempts + 1, "last_error": error[:2000], "updated_at": repo.now()},
-        ).returning(table.c.attempts)
-        return conn.execute(stmt).scalar_one()
+    return store_quarantine.count_failure(conn, org_id, route, message_key(parsed), error)
 
 
-def keep(engine: Engine, org_id: str, route: Route, parsed: ParsedMessage, envelope_sender: str,
+def keep(conn: Connection, org_id: str, route: Route, parsed: ParsedMessage, envelope_sender: str,
          attempts: int, error: str) -> int | None:
     """Put the message in the quarantine; its id (None if it is there already)."""
-    table = m.Quarantined.__table__
-    with write_transaction(engine) as conn:
-        return conn.execute(
-            repo.insert_for(conn, table).values(
-                org_id=org_id, route=route.key, route_ref=route_ref(route), message_key=repo.message_key(parsed),
-                envelope_sender=envelope_sender, content=parsed.raw, attempts=attempts, error=error[:2000],
-                created_at=repo.now())
-            .on_conflict_do_nothing(index_elements=["org_id", "route", "message_key"])
-            .returning(table.c.id)
-        ).scalar_one_or_none()
+    return store_quarantine.keep(conn, org_id, route.key, route_ref(route), message_key(parsed), envelope_sender,
+                                 parsed.raw, attempts, error)
 
 
 def listing(engine: Engine, org_id: str | None = None) -> list[dict[str, Any]]:
     from gateway.records import ts
 
-    table = m.Quarantined.__table__
-    query = select(table.c.id, table.c.org_id, table.c.route, table.c.route_ref, table.c.message_key,
-                   table.c.envelope_sender, table.c.attempts, table.c.error, table.c.created_at,
-                   table.c.replayed_at, table.c.replay_email_id).order_by(table.c.id)
-    if org_id:
-        query = query.where(table.c.org_id == org_id)
     with engine.connect() as conn:
         return [
             {"id": r.id, "org": r.org_id, "route": r.route, "recipient": r.route_ref, "message_key": r.message_key,
              "envelope_sender": r.envelope_sender, "attempts": r.attempts, "error": r.error,
              "created_at": ts(r.created_at), "replayed_at": ts(r.replayed_at), "email_id": r.replay_email_id}
-            for r in conn.execute(query)
+            for r in store_quarantine.listing(conn, org_id)
         ]
 
 
-class ReplayError(LookupError):
+def render_listing(rows: list[dict[str, Any]]) -> str:
+    """`gateway quarantine list` as text: listing(), two lines per message."""
+    if not rows:
+        return "quarantine is empty"
+    out = []
+    for r in rows:
+        state = f"replayed {r['replayed_at']} as email {r['email_id']}" if r["replayed_at"] else "waiting"
+        out.append(f"{r['id']:>5}  {r['created_at']}  {r['org']}  {r['recipient']}  {r['message_key'][:60]}  "
+                   f"attempts {r['attempts']}  {state}\n       error: {r['error'][:200]}")
+    return "\n".join(out)
+
+
+class ReplayError(UserError):
     pass
 
 
-def replay(engine: Engine, rules: RuleIndex, gateway: Any, quarantine_id: int) -> dict[str, Any]:
+def replay(database: Database, rules: RuleIndex, quarantine_id: int) -> dict[str, Any]:
     """File a quarantined message through the normal filing code, with today's rules."""
-    table = m.Quarantined.__table__
-    with engine.connect() as conn:
-        row = conn.execute(select(table).where(table.c.id == quarantine_id)).one_or_none()
+    row = database.reading(store_quarantine.get, quarantine_id)
     if row is None:
         raise ReplayError(f"no quarantined message {quarantine_id}")
     if row.replayed_at is not None:
@@ -98,9 +87,15 @@ def replay(engine: Engine, rules: RuleIndex, gateway: Any, quarantine_id: int) -
     if route is None:
         raise ReplayError(f"{row.route_ref} is no longer a route of {row.org_id}")
     parsed = parse_message(row.content)
-    result = gateway.filers[type(route)](rules, route, parsed, row.envelope_sender)
-    email_id = result.email_id
-    with write_transaction(engine) as conn:
-        conn.execute(update(table).where(table.c.id == quarantine_id)
-                     .values(replayed_at=repo.now(), replay_email_id=email_id))
+    with database.write() as conn:
+        result = file(conn, rules, route, parsed, row.envelope_sender)
+        email_id = result.email_id
+        store_quarantine.mark_replayed(conn, quarantine_id, email_id)
     return {"id": quarantine_id, "email_id": email_id, "duplicate": result.duplicate, "dropped": result.dropped}
+
+
+def render_replay(replayed: dict[str, Any]) -> str:
+    """`gateway quarantine replay` as text: what replay() returns."""
+    what = "already filed before" if replayed["duplicate"] else (
+        "dropped (noise)" if replayed["dropped"] else f"filed as email {replayed['email_id']}")
+    return f"quarantined message {replayed['id']}: {what}"

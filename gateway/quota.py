@@ -8,23 +8,23 @@ a paid add-on to at most 2,250.  Every recipient is one token.  A day runs from
 so the bucket is keyed by the local date and refills when that date changes.
 
 Exact across gateway processes: a token is taken by one conditional UPDATE
-(used + n <= limit) on the bucket row; a row lock (PostgreSQL) or the write lock
-(SQLite) orders concurrent takers, so together they never exceed the limit.
+(used + n <= limit) on the bucket row (gateway/store/quota.py: take); a row lock
+(PostgreSQL) or the write lock (SQLite) orders concurrent takers, so together they
+never exceed the limit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine
 
 from gateway.rules.index import OrgEntry
-from gateway.store import models as m
-from gateway.store.db import write_transaction
-from gateway.store.repo import insert_for, now
+from gateway.store import quota as store_quota
+from gateway.store.sql import now
 
 MailClass = Literal["individual", "bulk"]
 CLASSES: tuple[MailClass, ...] = ("individual", "bulk")
@@ -84,47 +84,25 @@ class Reservation:
     count: int
 
 
-def reserve(engine: Engine, org: OrgEntry, mail_class: MailClass, count: int = 1,
+def reserve(conn: Connection, org: OrgEntry, mail_class: MailClass, count: int = 1,
             at: datetime | None = None) -> Reservation | None:
     """Take `count` tokens, all or none. None when the bucket has not enough left."""
-    table = m.QuotaBucket.__table__
     day = local_day(org.timezone, at)
     limit = limit_for(org, mail_class)
-    with write_transaction(engine) as conn:
-        conn.execute(
-            insert_for(conn, table)
-            .values(org_id=org.id, mail_class=mail_class, day=day, used=0, day_limit=limit, updated_at=now())
-            .on_conflict_do_nothing(index_elements=["org_id", "mail_class", "day"])
-        )
-        taken = conn.execute(
-            update(table)
-            .where(table.c.org_id == org.id, table.c.mail_class == mail_class, table.c.day == day,
-                   table.c.used + count <= limit)
-            .values(used=table.c.used + count, day_limit=limit, updated_at=now())
-            .returning(table.c.used)
-        ).scalar_one_or_none()
+    store_quota.ensure_bucket(conn, org.id, mail_class, day, limit)
+    taken = store_quota.take(conn, org.id, mail_class, day, count, limit)
     return Reservation(org.id, mail_class, day, count) if taken is not None else None
 
 
-def release(engine: Engine, reservation: Reservation) -> None:
+def release(conn: Connection, reservation: Reservation) -> None:
     """Give tokens back (transaction or relay failed), to the day they were taken from."""
-    table = m.QuotaBucket.__table__
-    with write_transaction(engine) as conn:
-        conn.execute(
-            update(table)
-            .where(table.c.org_id == reservation.org_id, table.c.mail_class == reservation.mail_class,
-                   table.c.day == reservation.day, table.c.used >= reservation.count)
-            .values(used=table.c.used - reservation.count, updated_at=now())
-        )
+    store_quota.give_back(conn, reservation.org_id, reservation.mail_class, reservation.day, reservation.count)
 
 
 def status(engine: Engine, org: OrgEntry, at: datetime | None = None) -> dict[str, object]:
-    table = m.QuotaBucket.__table__
     day = local_day(org.timezone, at)
     with engine.connect() as conn:
-        used = dict(conn.execute(
-            select(table.c.mail_class, table.c.used).where(table.c.org_id == org.id, table.c.day == day)
-        ).all())
+        used = store_quota.used(conn, org.id, day)
     reset = next_reset(org.timezone, at)
     classes = {}
     for mail_class in CLASSES:
@@ -146,3 +124,14 @@ def status(engine: Engine, org: OrgEntry, at: datetime | None = None) -> dict[st
         "next_reset_utc": reset.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "classes": classes,
     }
+
+
+def render_status(report: list[dict[str, Any]]) -> str:
+    """`gateway quota status` as text: status() of each organisation, a block each."""
+    lines = []
+    for r in report:
+        lines.append(f"{r['org']}  ({r['plan']}, {r['edition']}, {r['active_users']} active users, {r['timezone']})")
+        lines.append(f"  day {r['day']}; next reset {r['next_reset_local']} local = {r['next_reset_utc']}")
+        for name, c in r["classes"].items():
+            lines.append(f"  {name:<11} limit {c['limit']:>6}  used {c['used']:>6}  remaining {c['remaining']:>6}")
+    return "\n".join(lines)

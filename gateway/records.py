@@ -1,18 +1,24 @@
-"""Pipeline records as administrators and scripts see them: show, export, move."""
+"""Pipeline records as administrators and scripts see them: show, export, move,
+and the text `gateway record` prints (render_show, render_move).  The rows come
+from the store (gateway/store/records.py and the modules of the other aggregates);
+here they become the documents and text."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine
 
-from gateway.conversations import format_token
-from gateway.ingest.email_in import add_stage_change
+from gateway.errors import UserError
+from gateway.filing.threads import record_token
+from gateway.outcome import decision_from_json, decision_json
 from gateway.rules.index import RuleIndex
-from gateway.store import models as m
-from gateway.store import repo
-from gateway.store.db import write_transaction
+from gateway.store import deliveries
+from gateway.store import emails as store_emails
+from gateway.store import people as store_people
+from gateway.store import records as store_records
+from gateway.store import users as store_users
 
 
 def ts(value: datetime | None) -> str | None:
@@ -26,39 +32,19 @@ def ts(value: datetime | None) -> str | None:
 
 def conversation_order(conn: Connection, record_ids: list[int] | None = None) -> dict[int, list[int]]:
     """record id → email ids in conversation order (Date, or arrival; then id)."""
-    emails, links = m.Email.__table__, m.Link.__table__
-    query = (
-        select(links.c.target_id, emails.c.id)
-        .join(emails, emails.c.id == links.c.email_id)
-        .where(links.c.kind == "record")
-        .order_by(links.c.target_id, emails.c.sort_at, emails.c.received_at, emails.c.id)
-    )
-    if record_ids is not None:
-        query = query.where(links.c.target_id.in_(record_ids))
-    out: dict[int, list[int]] = {}
-    for record_id, email_id in conn.execute(query):
-        out.setdefault(record_id, []).append(email_id)
-    return out
+    return store_records.conversation_order(conn, record_ids)
 
 
 def stage_history(conn: Connection, record_ids: list[int] | None = None) -> dict[int, list[dict[str, Any]]]:
-    table = m.StageChange.__table__
-    query = select(table).order_by(table.c.record_id, table.c.id)
-    if record_ids is not None:
-        query = query.where(table.c.record_id.in_(record_ids))
     out: dict[int, list[dict[str, Any]]] = {}
-    for r in conn.execute(query):
+    for r in store_records.stage_changes(conn, record_ids):
         out.setdefault(r.record_id, []).append(
             {"from": r.from_stage, "to": r.to_stage, "at": ts(r.at), "cause": r.cause, "email_id": r.email_id})
     return out
 
 
 def export_records(conn: Connection, org_id: str | None, owners: dict[int, str]) -> list[dict[str, Any]]:
-    records, pipes = m.Record.__table__, m.Pipeline.__table__
-    query = select(records, pipes.c.name.label("pipeline")).join(pipes, pipes.c.id == records.c.pipeline_id)
-    if org_id:
-        query = query.where(records.c.org_id == org_id)
-    rows = conn.execute(query.order_by(records.c.id)).all()
+    rows = store_records.listing(conn, org_id)
     order = conversation_order(conn)
     history = stage_history(conn)
     return [
@@ -73,22 +59,17 @@ def export_records(conn: Connection, org_id: str | None, owners: dict[int, str])
 
 
 def show(engine: Engine, rules: RuleIndex, record_id: int) -> dict[str, Any] | None:
-    records, pipes, users = m.Record.__table__, m.Pipeline.__table__, m.User.__table__
-    emails, contacts, deliveries = m.Email.__table__, m.Contact.__table__, m.Delivery.__table__
     with engine.connect() as conn:
-        row = conn.execute(
-            select(records, pipes.c.name.label("pipeline")).join(pipes, pipes.c.id == records.c.pipeline_id)
-            .where(records.c.id == record_id)
-        ).one_or_none()
+        row = store_records.with_pipeline(conn, record_id)
         if row is None:
             return None
-        owner = conn.execute(select(users.c.email).where(users.c.id == row.owner_id)).scalar_one_or_none()
+        owner = store_users.email(conn, row.owner_id)
         contact = None
         if row.contact_id is not None:
-            c = conn.execute(select(contacts).where(contacts.c.id == row.contact_id)).one()
+            c = store_people.get(conn, "contact", row.contact_id)
             contact = {"id": c.id, "email": c.email, "first_name": c.first_name, "last_name": c.last_name}
         ids = conversation_order(conn, [record_id]).get(record_id, [])
-        by_id = {e.id: e for e in conn.execute(select(emails).where(emails.c.id.in_(ids)))} if ids else {}
+        by_id = store_emails.by_ids(conn, ids) if ids else {}
         conversation = [
             {
                 "id": i, "date": ts(by_id[i].date), "sort_at": ts(by_id[i].sort_at), "from": by_id[i].from_address,
@@ -98,12 +79,13 @@ def show(engine: Engine, rules: RuleIndex, record_id: int) -> dict[str, Any] | N
             for i in ids
         ]
         decisions = [
-            {"email_id": d.email_id, "at": ts(d.created_at), **d.decision}
-            for d in conn.execute(select(deliveries).where(deliveries.c.email_id.in_(ids)).order_by(deliveries.c.id))
+            # Read back as the typed outcome and shown as it serialises (gateway/outcome.py).
+            {"email_id": d.email_id, "at": ts(d.created_at), **decision_json(decision_from_json(d.decision))}
+            for d in deliveries.decisions(conn, ids)
         ] if ids else []
         org = rules.orgs.get(row.org_id)
         pipe = org.pipelines.get(row.pipeline) if org else None
-        token = format_token(org.record_token, pipe.token_prefix, row.id) if org and pipe else None
+        token = record_token(org, row.pipeline, row.id) if org and pipe else None
         return {
             "id": row.id, "org": row.org_id, "pipeline": row.pipeline, "stage": row.stage, "title": row.title,
             "token": token, "owner": owner, "tags": row.tags, "contact": contact,
@@ -114,29 +96,71 @@ def show(engine: Engine, rules: RuleIndex, record_id: int) -> dict[str, Any] | N
         }
 
 
-class StageError(LookupError):
+def render_show(shown: dict[str, Any]) -> str:
+    """`gateway record show` as text: what show() returns, one fact per line."""
+    contact = shown["contact"]
+    lines = [
+        f"Record {shown['id']} {shown['token'] or ''}  [{shown['org']}]  {shown['title']}",
+        f"  pipeline: {shown['pipeline']}   stage: {shown['stage']}   owner: {shown['owner']}",
+        f"  tags: {', '.join(shown['tags']) or '-'}",
+    ]
+    if contact:
+        name = " ".join(x for x in (contact["first_name"], contact["last_name"]) if x)
+        lines.append(f"  contact: {contact['id']} {name} <{contact['email']}>")
+    lines.append("  conversation:")
+    for e in shown["conversation"]:
+        mark = "" if e["kind"] == "message" else f" [{e['kind']}]"
+        arrow = "<-" if e["direction"] == "inbound" else "->"
+        lines.append(f"    {e['sort_at']}  {arrow} {e['from']}  {e['subject']}{mark}  (email {e['id']})")
+    lines.append("  stage history:")
+    for h in shown["stage_history"]:
+        lines.append(f"    {h['at']}  {h['from'] or '-'} -> {h['to']}  ({h['cause']})")
+    lines.append("  decisions:")
+    for d in shown["decisions"]:
+        thread = d.get("thread") or {}
+        change = d.get("stage_change")
+        parts = [f"email {d['email_id']}", "sent" if d.get("route") == "relay" else "received",
+                 f"thread={thread.get('method', '-')}"]
+        if thread.get("evidence"):
+            parts.append(f"by {thread['evidence']}")
+        if d.get("contact"):
+            parts.append(f"contact {d['contact']['action']}")
+        if d.get("noise"):
+            parts.append(f"noise={d['noise']}")
+        if change:
+            parts.append(f"stage {change['from'] or '-'} -> {change['to']}")
+        if d.get("token_added"):
+            parts.append("token added to subject")
+        lines.append("    " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+class StageError(UserError):
     pass
 
 
-def move(engine: Engine, rules: RuleIndex, record_id: int, stage: str, cause: str = "manual") -> dict[str, Any]:
-    """Move a record to a stage of its pipeline, keeping the history."""
-    records, pipes = m.Record.__table__, m.Pipeline.__table__
-    with write_transaction(engine) as conn:
-        row = conn.execute(
-            select(records.c.id, records.c.org_id, records.c.stage, pipes.c.name)
-            .join(pipes, pipes.c.id == records.c.pipeline_id)
-            .where(records.c.id == record_id).with_for_update(of=records)
-        ).one_or_none()
-        if row is None:
-            raise StageError(f"no record {record_id}")
-        org = rules.orgs.get(row.org_id)
-        pipe = org.pipelines.get(row.name) if org else None
-        if pipe is None:
-            raise StageError(f"pipeline {row.name!r} of record {record_id} is no longer in the rules")
-        if stage not in pipe.stages:
-            raise StageError(f"{stage!r} is not a stage of {pipe.name} (stages: {', '.join(pipe.stages)})")
-        if row.stage == stage:
-            return {"id": record_id, "from": stage, "to": stage, "changed": False}
-        conn.execute(update(records).where(records.c.id == record_id).values(stage=stage, updated_at=repo.now()))
-        add_stage_change(conn, row.org_id, record_id, row.stage, stage, cause)
-        return {"id": record_id, "from": row.stage, "to": stage, "changed": True}
+def move(conn: Connection, rules: RuleIndex, record_id: int, stage: str, cause: str = "manual") -> dict[str, Any]:
+    """Move a record to a stage of its pipeline, keeping the history.  The record row
+    stays locked from the read to the change, so the history records the stage it
+    really left."""
+    row = store_records.get(conn, record_id, lock=True)
+    if row is None:
+        raise StageError(f"no record {record_id}")
+    org = rules.orgs.get(row.org_id)
+    pipe = org.pipelines.get(row.pipeline) if org else None
+    if pipe is None:
+        raise StageError(f"pipeline {row.pipeline!r} of record {record_id} is no longer in the rules")
+    if stage not in pipe.stages:
+        raise StageError(f"{stage!r} is not a stage of {pipe.name} (stages: {', '.join(pipe.stages)})")
+    if row.stage == stage:
+        return {"id": record_id, "from": stage, "to": stage, "changed": False}
+    store_records.set_stage(conn, record_id, stage)
+    store_records.add_stage_change(conn, row.org_id, record_id, row.stage, stage, cause)
+    return {"id": record_id, "from": row.stage, "to": stage, "changed": True}
+
+
+def render_move(moved: dict[str, Any]) -> str:
+    """`gateway record stage` as text: what move() returns."""
+    if moved["changed"]:
+        return f"record {moved['id']}: {moved['from']} -> {moved['to']}"
+    return f"record {moved['id']} is already in {moved['to']}"

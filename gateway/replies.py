@@ -18,6 +18,8 @@ class Reply:
     reason: str = ""
 
     def __str__(self) -> str:
+        if not self.status:  # a 3xx intermediate reply carries none (RFC 2034 4)
+            return f"{self.code} {self.text}"
         return f"{self.code} {self.status} {self.text}"
 
     def with_text(self, text: str) -> "Reply":
@@ -75,6 +77,11 @@ class _Catalogue:
     no_such_record = Reply(550, "5.1.0", "Unknown record in X-Gateway-Record")
     bad_sender_syntax = Reply(501, "5.1.7", "Bad sender address syntax")
     bad_recipient_syntax = Reply(501, "5.1.3", "Bad recipient address syntax")
+    # DATA (gateway/smtp/server.py replaces aiosmtpd's, and keeps its texts).
+    need_recipient = Reply(503, "5.5.1", "Error: need RCPT command")
+    data_syntax = Reply(501, "5.5.4", "Syntax: DATA")
+    # RFC 2034 4: no enhanced status code on an intermediate (3xx) reply.
+    start_data = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 
 
 REPLIES = _Catalogue()

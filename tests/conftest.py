@@ -89,11 +89,14 @@ def sink() -> Iterator[Any]:
         s.stop()
 
 
-class Gateway:
+class RunningGateway:
     """A running gateway and ways to talk to it."""
 
-    def __init__(self, config_dir: Path, database_url: str, relay_url: str = "smtp://127.0.0.1:9"):
+    def __init__(self, config_dir: Path, database_url: str, relay_url: str = "smtp://127.0.0.1:9",
+                 filing: Any = None):
         self.config_dir = config_dir
+        # Composed into the daemon instead of gateway.delivery.file (tests.helpers.FailingFiling).
+        self.filing = filing
         self.config = config_dir / "gateway.toml"
         self.database_url = database_url
         self.env = {
@@ -106,9 +109,9 @@ class Gateway:
         }
         self.thread: ServerThread | None = None
 
-    def start(self) -> "Gateway":
+    def start(self) -> "RunningGateway":
         s = settings_mod.load(self.config, environ=self.env)
-        self.thread = ServerThread(s)
+        self.thread = ServerThread(s, filing=self.filing)
         self.thread.start()
         return self
 
@@ -169,11 +172,12 @@ class Gateway:
 
     def dropbox(self, user: str) -> str:
         from gateway.routing import dropbox_address
-        from gateway.store import repo
+        from gateway.store import dropboxes
 
-        index = self.app.gateway.rules
+        index = self.app.deliveries.rules
         org = next(o for o in index.orgs.values() if user in o.users)
-        return dropbox_address(repo.dropbox_token(self.engine, org.id, org.users[user].id), org.gateway_domain)
+        token = self.app.database.writing(dropboxes.token, org.id, org.users[user].id)
+        return dropbox_address(token, org.gateway_domain)
 
     def cli(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.env}
@@ -191,12 +195,12 @@ class Gateway:
 
         from gateway import records
 
-        return json.loads(json.dumps(records.show(self.engine, self.app.gateway.rules, record_id)))
+        return json.loads(json.dumps(records.show(self.engine, self.app.deliveries.rules, record_id)))
 
     def move(self, record_id: int, stage: str) -> None:
         from gateway import records
 
-        records.move(self.engine, self.app.gateway.rules, record_id, stage)
+        self.app.database.writing(records.move, self.app.deliveries.rules, record_id, stage)
 
     def count(self, table: str) -> int:
         with self.engine.connect() as conn:
@@ -204,8 +208,8 @@ class Gateway:
 
 
 @pytest.fixture
-def gw(config_dir: Path, database_url: str) -> Iterator[Gateway]:
-    g = Gateway(config_dir, database_url).start()
+def gw(config_dir: Path, database_url: str) -> Iterator[RunningGateway]:
+    g = RunningGateway(config_dir, database_url).start()
     try:
         yield g
     finally:
@@ -213,9 +217,22 @@ def gw(config_dir: Path, database_url: str) -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def gwr(config_dir: Path, database_url: str, sink) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def faulty(config_dir: Path, database_url: str) -> Iterator[tuple[RunningGateway, Any]]:
+    """A gateway whose filing can be made to fail: (gateway, tests.helpers.FailingFiling)."""
+    from tests.helpers import FailingFiling
+
+    faults = FailingFiling()
+    g = RunningGateway(config_dir, database_url, filing=faults).start()
+    try:
+        yield g, faults
+    finally:
+        g.stop()
+
+
+@pytest.fixture
+def gwr(config_dir: Path, database_url: str, sink) -> Iterator[RunningGateway]:  # type: ignore[no-untyped-def]
     """The gateway relaying to the `sink` smarthost."""
-    g = Gateway(config_dir, database_url, relay_url=f"smtp://127.0.0.1:{sink.port}").start()
+    g = RunningGateway(config_dir, database_url, relay_url=f"smtp://127.0.0.1:{sink.port}").start()
     try:
         yield g
     finally:

@@ -19,8 +19,8 @@ from gateway.settings import Settings
 
 
 class ServerThread:
-    def __init__(self, settings: Settings):
-        self.app = App(settings)
+    def __init__(self, settings: Settings, filing: Any = None):
+        self.app = App(settings, filing=filing)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="gateway-test-server", daemon=True)
         self._ready = threading.Event()
@@ -334,20 +334,30 @@ def edit_config(path: Path, old: str, new: str, count: int = 1) -> None:
     path.write_text(text.replace(old, new))
 
 
-@contextmanager
-def failing_filer(gw: Any, route_type: type) -> Iterator[None]:
-    """While inside: filing for ``route_type`` raises our own error (a bug this message
-    always hits), so the quarantine path can be driven through the real daemon."""
-    real = gw.app.gateway.filers[route_type]
+class FailingFiling:
+    """A filing function composed into the daemon (RunningGateway(filing=...)): the
+    real one, except that inside ``failing(route_type)`` filing for that kind of route
+    raises our own error (a bug this message always hits), so the quarantine path can
+    be driven through the real daemon."""
 
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("boom")
+    def __init__(self) -> None:
+        from gateway import filing
 
-    gw.app.gateway.filers[route_type] = broken
-    try:
-        yield
-    finally:
-        gw.app.gateway.filers[route_type] = real
+        self._real = filing.file
+        self._broken: type | None = None
+
+    def __call__(self, conn: Any, rules: Any, route: Any, parsed: Any, sender: str) -> Any:
+        if self._broken is not None and isinstance(route, self._broken):
+            raise RuntimeError("boom")
+        return self._real(conn, rules, route, parsed, sender)
+
+    @contextmanager
+    def failing(self, route_type: type) -> Iterator[None]:
+        self._broken = route_type
+        try:
+            yield
+        finally:
+            self._broken = None
 
 
 def drop_schema(conn: Any, schema: str) -> None:

@@ -35,7 +35,7 @@ def _heavy_hash(password: str) -> tuple[str, float]:
 
 @pytest.fixture
 def heavy_gw(config_dir: Path, database_url: str) -> Iterator[tuple[object, float]]:
-    from tests.conftest import Gateway
+    from tests.conftest import RunningGateway
 
     stored, cost = _heavy_hash("demo-only")
     rules = config_dir / "rules" / "zylker.toml"
@@ -43,7 +43,7 @@ def heavy_gw(config_dir: Path, database_url: str) -> Iterator[tuple[object, floa
     edited, found = re.subn(r'password_hash = "scrypt\$[^"]+"', f'password_hash = "{stored}"', text, count=1)
     assert found == 1, "the demo's crm@zylker.example password_hash is gone"
     rules.write_text(edited)
-    g = Gateway(config_dir, database_url).start()
+    g = RunningGateway(config_dir, database_url).start()
     try:
         yield g, cost
     finally:

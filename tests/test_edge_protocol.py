@@ -1,9 +1,11 @@
-"""Protocol edge (issue 11): relaying denied for domains we do not serve, and NUL
-octets in command lines, on SMTP, LMTP and submission."""
+"""Protocol edge (issue 11): relaying denied for domains we do not serve, NUL octets
+in command lines, DATA's own replies and the end of a transaction, on SMTP, LMTP and
+submission."""
 
 from __future__ import annotations
 
 import smtplib
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -94,6 +96,46 @@ def test_submission_relays_to_any_domain_only_after_auth(gwr, sink):
         assert c.rcpt("someone@elsewhere.example")[0] == 250
         assert c.data(message(frm=K, to="someone@elsewhere.example"))[0] == 250
     assert [rcpts for _, rcpts, _ in sink.messages] == [["someone@elsewhere.example"]]
+
+
+# --- DATA: our replacement of aiosmtpd's, its replies from the catalogue ---------------
+
+
+@pytest.mark.parametrize("listener", LISTENERS)
+def test_data_replies_before_the_message(gwr, sink, listener):
+    with client(gwr, listener) as c:
+        assert c.mail(sender_for(listener))[0] == 250
+        assert c.docmd("DATA") == (503, b"5.5.1 Error: need RCPT command")
+        assert c.rcpt(recipient_for(gwr, listener))[0] == 250
+        assert c.docmd("DATA", "now") == (501, b"5.5.4 Syntax: DATA")
+        # RFC 2034 4: no enhanced status code on the intermediate 354.
+        assert c.docmd("DATA") == (354, b"End data with <CR><LF>.<CR><LF>")
+        c.send(message(frm=sender_for(listener), to=CUSTOMER) + b".\r\n")
+        code, text = c.getreply()
+        assert code == 250 and b"(queue id " in text, (code, text)
+        assert c.noop()[0] == 250
+
+
+def test_a_new_ehlo_ends_the_submission_transaction_and_its_tokens_go_back(gwr):
+    """RFC 5321 4.1.4: EHLO in a transaction clears it, as RSET does."""
+    from gateway import quota
+
+    def used() -> int:
+        return quota.status(gwr.engine, gwr.app.deliveries.rules.orgs["zylker"])["classes"]["individual"]["used"]
+
+    with client(gwr, "submission") as c:
+        assert c.mail(K)[0] == 250
+        assert c.rcpt(CUSTOMER)[0] == 250
+        assert used() == 1
+        assert c.ehlo()[0] == 250
+        for _ in range(50):  # given back in a task
+            if used() == 0:
+                break
+            time.sleep(0.05)
+        assert used() == 0
+        code, _ = c.docmd("DATA")  # the recipient went with the transaction
+        assert code == 503
+        assert c.mail(K)[0] == 250  # and a new one can begin: no "nested MAIL"
 
 
 # --- NUL octets ------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_URL, Gateway
-from tests.helpers import edit_config, failing_filer, free_port, message, proxied_postgresql, serve_process, wait_port
+from tests.conftest import PG_URL, RunningGateway
+from tests.helpers import edit_config, free_port, message, proxied_postgresql, serve_process, wait_port
 
 H = "hashimoto@zylker.example"
 
@@ -36,7 +36,7 @@ def _greeting(port: int) -> tuple[socket.socket, bytes]:
 def test_connection_limits(config_dir, database_url):
     _edit(config_dir, "max_connections = 500", "max_connections = 5")
     _edit(config_dir, "max_connections_per_client = 50", "max_connections_per_client = 3")
-    g = Gateway(config_dir, database_url).start()
+    g = RunningGateway(config_dir, database_url).start()
     opened = []
     try:
         for _ in range(3):
@@ -65,7 +65,7 @@ def test_connection_limits(config_dir, database_url):
 
 def test_idle_timeout_and_slow_data(config_dir, database_url):
     _edit(config_dir, "session_timeout_seconds = 300", "session_timeout_seconds = 1")
-    g = Gateway(config_dir, database_url).start()
+    g = RunningGateway(config_dir, database_url).start()
     try:
         sock, line = _greeting(g.lmtp_port)
         with sock:
@@ -93,12 +93,13 @@ def test_idle_timeout_and_slow_data(config_dir, database_url):
         g.stop()
 
 
-def test_quarantine_after_repeated_internal_errors(gw):
+def test_quarantine_after_repeated_internal_errors(faulty):
+    gw, faults = faulty
     from gateway.routing import DropboxRoute
 
     box = gw.dropbox(H)
     data = message(message_id="<poison@zylker.example>", to="p@customer.example")
-    with failing_filer(gw, DropboxRoute):
+    with faults.failing(DropboxRoute):
         codes = [gw.lmtp(H, [box], data).data[0] for _ in range(5)]
     assert [c for c, _ in codes[:4]] == [451] * 4 and all(m.startswith(b"4.3.0") for _, m in codes[:4])
     assert codes[4][0] == 250 and b"quarantine" in codes[4][1]
@@ -138,7 +139,7 @@ def test_database_unavailable_answers_451(gw):
 def test_sqlite_locked_answers_451(config_dir, tmp_path):
     db_file = tmp_path / "locked.db"
     _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 1")
-    g = Gateway(config_dir, f"sqlite:///{db_file}").start()
+    g = RunningGateway(config_dir, f"sqlite:///{db_file}").start()
     try:
         box = g.dropbox(H)
         holder = sqlite3.connect(db_file, timeout=1, isolation_level=None)
@@ -162,7 +163,7 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
     without a restart."""
     _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 2")
     with proxied_postgresql(PG_URL, "proxy") as (url, proxy):
-        g = Gateway(config_dir, url).start()
+        g = RunningGateway(config_dir, url).start()
         try:
             box = g.dropbox(H)
             results: list[tuple[int, str]] = []
@@ -341,7 +342,7 @@ def small_disk(tmp_path):
 
 
 def test_sqlite_disk_full_answers_451(config_dir, small_disk):
-    g = Gateway(config_dir, f"sqlite:///{small_disk / 'gateway.db'}").start()
+    g = RunningGateway(config_dir, f"sqlite:///{small_disk / 'gateway.db'}").start()
     try:
         box = g.dropbox(H)
         assert g.lmtp(H, [box], message(message_id="<before@zylker.example>")).codes == [250]
@@ -432,11 +433,11 @@ def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, data
     from gateway.smtp import server as smtp_server
 
     _edit(config_dir, "big_messages_in_memory = 4", "big_messages_in_memory = 1")
-    g = Gateway(config_dir, database_url).start()
+    g = RunningGateway(config_dir, database_url).start()
     # Watched on the loop: every DATA's big slot and how far its stream was read.
     watch: dict = {"holders": 0, "most_held": 0, "taken": 0, "waiting": 0, "read_without_slot": [],
                    "overlapped": threading.Event()}
-    big_messages = g.app.gateway.big_messages
+    big_messages = g.app.sessions.big_messages
     real_slot, real_read_data = big_messages.slot, smtp_server.read_data
     monkeypatch.setattr(big_messages, "slot", lambda: _WatchedSlot(real_slot(), watch))
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 import sqlalchemy as sa
 
-from gateway.store import repo
+from gateway.store import emails as stored_emails
 from tests.helpers import message
 
 CORPUS = Path(__file__).resolve().parent / "data" / "mail"
@@ -43,7 +43,7 @@ def stored(gw) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
                                {"i": email["id"]}).one()
             email["text_body"], email["html_body"] = row
     for email in emails:
-        email["raw"] = repo.raw_email(gw.engine, email["id"])
+        email["raw"] = gw.app.database.reading(stored_emails.raw, email["id"])
     return emails
 
 

@@ -92,7 +92,7 @@ def test_deliveries_filed_before_the_upgrade_stay_repeats(config_dir, database_u
     from alembic import command
 
     from gateway.store import db, models as m
-    from tests.conftest import Gateway
+    from tests.conftest import RunningGateway
 
     data = _alias_mail("Charles <charles@zillum.com>", "Printer", "It is broken.")
     engine = db.make_engine(database_url)
@@ -114,7 +114,7 @@ def test_deliveries_filed_before_the_upgrade_stay_repeats(config_dir, database_u
             conn.execute(sa.insert(m.Delivery.__table__).values(
                 org_id="zylker", route="alias:Service", message_key="mid:" + REUSED.strip("<>"),
                 email_id=email_id, decision={}, created_at=stamp))
-        gw = Gateway(config_dir, database_url).start()  # upgrades to head
+        gw = RunningGateway(config_dir, database_url).start()  # upgrades to head
         try:
             with engine.connect() as conn:
                 (key,) = conn.execute(sa.select(m.Delivery.__table__.c.message_key)).scalars().all()

@@ -56,13 +56,13 @@ def test_inline_named_text_is_the_stored_text_body(gw):
 
 def test_parts_the_walker_cannot_reach_are_counted_and_the_raw_message_kept(gw):
     from gateway import metrics
-    from gateway.ingest.parse import _MAX_DEPTH
+    from gateway.parse.limits import MAX_DEPTH
 
     skipped = metrics.parse_anomalies.labels(kind="parts_skipped")
     empty = metrics.parse_anomalies.labels(kind="empty_body")
     before = (skipped._value.get(), empty._value.get())
     body = b"Content-Type: text/plain\r\n\r\nThe text, too deep to reach.\r\n"
-    for level in range(_MAX_DEPTH + 2):
+    for level in range(MAX_DEPTH + 2):
         b = f"b{level}".encode()
         body = (b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + body
                 + b"\r\n--" + b + b"--\r\n")

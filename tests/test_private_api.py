@@ -142,11 +142,14 @@ def test_aiosmtpd_session_internals_behave_as_used() -> None:
     assert isinstance(session._smtp_methods, dict)
     assert {"HELO", "EHLO", "MAIL", "RCPT", "DATA", "QUIT"} <= session._smtp_methods.keys()
     assert "self._smtp_methods.get(command)" in inspect.getsource(SMTP._handle_client)
-    # submission.py flips it for loopback AUTH; aiosmtpd must still consult it.
+    # SubmissionSMTP flips it for loopback AUTH; aiosmtpd must still consult it.
     assert session._auth_require_tls is True
     assert "self._auth_require_tls" in inspect.getsource(SMTP.smtp_AUTH)
+    # SubmissionSMTP._authenticate only keeps the credentials auth_PLAIN/auth_LOGIN decoded.
+    for mechanism in (SMTP.auth_PLAIN, SMTP.auth_LOGIN):
+        assert "self._authenticate(" in inspect.getsource(mechanism), mechanism
 
-    # RSET/EHLO reach _set_post_data_state (submission.py gives tokens back there).
+    # RSET/EHLO reach _set_post_data_state (GatewayProtocol ends the transaction there).
     calls: list[str] = []
 
     class Probe(SMTP):

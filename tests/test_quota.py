@@ -1,5 +1,5 @@
-"""Quota arithmetic and exactness: limits by plan, local-midnight refill across DST
-(time-machine), and three gateway processes sharing one bucket."""
+"""Quota in the database: refill at local midnight across DST (time-machine), and
+three gateway processes sharing one bucket (arithmetic: tests/unit/test_quota_arithmetic.py)."""
 
 from __future__ import annotations
 
@@ -19,29 +19,7 @@ BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def org(gw, org_id):
-    return gw.app.gateway.rules.orgs[org_id]
-
-
-def test_limits_follow_the_spec(gw):
-    zylker, lumen = org(gw, "zylker"), org(gw, "lumen")
-    assert quota.limit_for(zylker, "individual") == 300 * 3  # paid: 300 x active users
-    assert quota.limit_for(zylker, "bulk") == 500  # professional
-    assert quota.limit_for(lumen, "individual") == 50  # free: 50 x 1 user
-    assert quota.limit_for(lumen, "bulk") == 250  # standard
-    from dataclasses import replace
-
-    many = replace(lumen, users={f"u{i}@lumen.example": next(iter(lumen.users.values())) for i in range(9)})
-    assert quota.limit_for(many, "individual") == 200  # the free plan counts at most 4 users
-    ent = replace(zylker, edition="enterprise", bulk_addon=2000)
-    assert quota.limit_for(ent, "bulk") == 2250  # the add-on stops at 2,250
-
-
-@pytest.mark.parametrize("day, hours", [("2026-03-29", 23), ("2026-10-25", 25), ("2026-11-23", 24)])
-def test_day_boundaries_in_local_time(day, hours):
-    start = datetime.fromisoformat(day).replace(tzinfo=BERLIN)
-    reset = quota.next_reset("Europe/Berlin", start.astimezone(timezone.utc))
-    assert reset.hour == 0 and reset.minute == 0
-    assert (reset.astimezone(timezone.utc) - start.astimezone(timezone.utc)).total_seconds() == hours * 3600
+    return gw.app.deliveries.rules.orgs[org_id]
 
 
 @pytest.mark.parametrize("before, after", [
@@ -53,26 +31,26 @@ def test_day_boundaries_in_local_time(day, hours):
 def test_bucket_refills_at_local_midnight_across_dst(gw, before, after):
     lumen = org(gw, "lumen")
     with time_machine.travel(before, tick=False):
-        assert quota.reserve(gw.engine, lumen, "individual", 50) is not None
-        assert quota.reserve(gw.engine, lumen, "individual", 1) is None
+        assert gw.app.database.writing(quota.reserve, lumen, "individual", 50) is not None
+        assert gw.app.database.writing(quota.reserve, lumen, "individual", 1) is None
         status = quota.status(gw.engine, lumen)
         assert status["classes"]["individual"]["remaining"] == 0
         assert datetime.fromisoformat(status["next_reset_utc"].replace("Z", "+00:00")) == after.replace(minute=0)
     with time_machine.travel(after, tick=False):
         assert quota.status(gw.engine, lumen)["classes"]["individual"]["used"] == 0
-        assert quota.reserve(gw.engine, lumen, "individual", 50) is not None
+        assert gw.app.database.writing(quota.reserve, lumen, "individual", 50) is not None
     # One minute later on the wall clock would be the same day: still full.
     with time_machine.travel(before, tick=False):
-        assert quota.reserve(gw.engine, lumen, "individual", 1) is None
+        assert gw.app.database.writing(quota.reserve, lumen, "individual", 1) is None
 
 
 def test_releases_go_to_the_day_they_were_taken_from(gw):
     lumen = org(gw, "lumen")
     with time_machine.travel(datetime(2026, 5, 1, 21, 59, tzinfo=timezone.utc), tick=False):
-        taken = quota.reserve(gw.engine, lumen, "individual", 10)
+        taken = gw.app.database.writing(quota.reserve, lumen, "individual", 10)
     with time_machine.travel(datetime(2026, 5, 1, 22, 1, tzinfo=timezone.utc), tick=False):
-        assert quota.reserve(gw.engine, lumen, "individual", 5) is not None
-        quota.release(gw.engine, taken)
+        assert gw.app.database.writing(quota.reserve, lumen, "individual", 5) is not None
+        gw.app.database.writing(quota.release, taken)
         assert quota.status(gw.engine, lumen)["classes"]["individual"]["used"] == 5
 
 

@@ -108,7 +108,7 @@ def test_deep_nesting(gw):
         parts += f"--b{i}--\r\n".encode()
     data = _raw(["Subject: deep"], parts, ctype='multipart/mixed; boundary="b0"')
     tx = gw.lmtp(H, [gw.dropbox(H)], data)
-    # Deeper than the parser goes (parse._MAX_DEPTH): the rest is opaque, the mail filed.
+    # Deeper than the parser goes (gateway.parse.limits.MAX_DEPTH): the rest is opaque, the mail filed.
     assert tx.codes == [250]
     assert tx.noop[0] == 250
     assert _stored(gw)["subject"] == "deep"

@@ -20,7 +20,7 @@ CUSTOMER = "charles@zillum.com"
 def quota_used(gw, org, cls="individual"):
     from gateway import quota
 
-    return quota.status(gw.engine, gw.app.gateway.rules.orgs[org])["classes"][cls]["used"]
+    return quota.status(gw.engine, gw.app.deliveries.rules.orgs[org])["classes"][cls]["used"]
 
 
 def outbound(**kw):
@@ -49,7 +49,7 @@ def test_auth_before_tls_is_refused_unless_allowed_on_loopback(config_dir, datab
 
     import trustme
 
-    from tests.conftest import Gateway
+    from tests.conftest import RunningGateway
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -58,7 +58,7 @@ def test_auth_before_tls_is_refused_unless_allowed_on_loopback(config_dir, datab
     edit_config(conf, "auth_without_tls_on_loopback = true", "auth_without_tls_on_loopback = false")
     edit_config(conf, '# tls_cert = "/etc/gateway/tls/fullchain.pem"', f'tls_cert = "{tmp_path / "server.pem"}"')
     edit_config(conf, '# tls_key = "/etc/gateway/tls/privkey.pem"', f'tls_key = "{tmp_path / "server.pem"}"')
-    g = Gateway(config_dir, database_url, relay_url=f"smtp://127.0.0.1:{sink.port}").start()
+    g = RunningGateway(config_dir, database_url, relay_url=f"smtp://127.0.0.1:{sink.port}").start()
     try:
         with smtplib.SMTP("127.0.0.1", g.submission_port, timeout=30) as client:
             client.ehlo()

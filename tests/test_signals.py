@@ -19,8 +19,8 @@ from typing import Callable, Iterator
 import pytest
 
 from gateway.probes import DATABASE_PROBE_SECONDS, DATABASE_PROBE_TIMEOUT_SECONDS
-from tests.conftest import PG_URL, Gateway
-from tests.helpers import message, edit_config, failing_filer, proxied_postgresql
+from tests.conftest import PG_URL, RunningGateway
+from tests.helpers import message, edit_config, proxied_postgresql
 from tests.test_operations import http_get
 
 H = "hashimoto@zylker.example"
@@ -67,7 +67,7 @@ def value(port: int, name: str, **labels: str) -> float | None:
     return None
 
 
-def metrics_port(gw: Gateway) -> int:
+def metrics_port(gw: RunningGateway) -> int:
     return gw.app.bound["metrics"][1]
 
 
@@ -92,7 +92,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> float:
 class Cuttable:
     """A gateway whose database the test can take away and give back."""
 
-    def __init__(self, gw: Gateway, cut: Callable[[], None], restore: Callable[[], None]):
+    def __init__(self, gw: RunningGateway, cut: Callable[[], None], restore: Callable[[], None]):
         self.gw, self.cut, self.restore = gw, cut, restore
 
 
@@ -100,7 +100,7 @@ def _cuttable_postgresql(config_dir: Path) -> Iterator[Cuttable]:
     """PostgreSQL through a loopback TCP proxy (as in test_faults.py), cut and restored."""
     assert PG_URL
     with proxied_postgresql(PG_URL, "signals") as (url, proxy):
-        g = Gateway(config_dir, url).start()
+        g = RunningGateway(config_dir, url).start()
         try:
             yield Cuttable(g, proxy.stop, proxy.start)
         finally:
@@ -113,7 +113,7 @@ def _cuttable_sqlite(config_dir: Path, tmp_path: Path) -> Iterator[Cuttable]:
     connections the daemon holds open still reach the moved file: only a probe that
     opens the database afresh notices.)"""
     folder, away = tmp_path / "db", tmp_path / "db-away"
-    g = Gateway(config_dir, f"sqlite:///{folder / 'gateway.db'}").start()
+    g = RunningGateway(config_dir, f"sqlite:///{folder / 'gateway.db'}").start()
     try:
         yield Cuttable(g, lambda: folder.rename(away), lambda: away.rename(folder))
     finally:
@@ -226,7 +226,8 @@ def _process_start_time() -> float:
 # --- quarantine ---------------------------------------------------------------------------
 
 
-def test_quarantine_gauge_counts_unreplayed_messages_per_org(gw):
+def test_quarantine_gauge_counts_unreplayed_messages_per_org(faulty):
+    gw, faults = faulty
     from gateway.routing import DropboxRoute
 
     port = metrics_port(gw)
@@ -234,7 +235,7 @@ def test_quarantine_gauge_counts_unreplayed_messages_per_org(gw):
     assert value(port, "gateway_quarantine_messages", org="lumen") == 0
     box = gw.dropbox(H)
     data = message(message_id="<poison-gauge@zylker.example>", to="p@customer.example")
-    with failing_filer(gw, DropboxRoute):
+    with faults.failing(DropboxRoute):
         codes = [gw.lmtp(H, [box], data).codes for _ in range(5)]
     assert codes == [[451]] * 4 + [[250]]
     within = DATABASE_PROBE_SECONDS + DATABASE_PROBE_TIMEOUT_SECONDS + 3
@@ -279,7 +280,7 @@ def test_worker_jobs_by_state(config_dir, database_url):
     also after a queued job is given up (cancelled) before it ran."""
     conf = config_dir / "gateway.toml"
     edit_config(conf, "workers = 4", "workers = 1")
-    gw = Gateway(config_dir, database_url).start()
+    gw = RunningGateway(config_dir, database_url).start()
     try:
         assert gw.app.settings.limits.workers == 1
         port = metrics_port(gw)

@@ -31,10 +31,10 @@ def _on_loop(gw, coro, timeout: float = 30):  # type: ignore[no-untyped-def]
 
 def test_concurrent_deliveries_share_transactions_and_all_file_once(sqlite_gw):
     gw = sqlite_gw
-    writer = gw.app.gateway.writer
+    writer = gw.app.deliveries.writer
     box = gw.dropbox(H)
     # Built once: a second send is the very same delivery (a new Date would make it
-    # another mail, see repo.message_key).
+    # another mail, see deliveries.message_key).
     payloads = [message(message_id=f"<batch-{i}@zylker.example>", to=f"c{i % 7}@customer{i % 7}.example")
                 for i in range(120)]
     before_batches, before_jobs = writer.batches, writer.jobs
@@ -73,17 +73,16 @@ def test_concurrent_deliveries_share_transactions_and_all_file_once(sqlite_gw):
 
 def test_a_failing_job_is_undone_alone_and_the_batch_commits(sqlite_gw):
     gw = sqlite_gw
-    writer = gw.app.gateway.writer
+    writer = gw.app.deliveries.writer
     engine = gw.engine
     deliveries = sa.table("deliveries", sa.column("org_id"), sa.column("route"), sa.column("message_key"),
                           sa.column("decision"), sa.column("created_at"))
 
-    def write(key: str, fail: bool) -> str:
-        with db.write_transaction(engine) as conn:
-            conn.execute(sa.insert(deliveries).values(org_id="zylker", route="test", message_key=key,
-                                                      decision="{}", created_at=sa.func.current_timestamp()))
-            if fail:
-                raise RuntimeError("half-way")
+    def write(conn: sa.Connection, key: str, fail: bool) -> str:
+        conn.execute(sa.insert(deliveries).values(org_id="zylker", route="test", message_key=key,
+                                                  decision="{}", created_at=sa.func.current_timestamp()))
+        if fail:
+            raise RuntimeError("half-way")
         return key
 
     async def three() -> list[object]:
@@ -104,7 +103,7 @@ def test_lock_held_elsewhere_the_loop_does_not_wait_and_workers_take_over(sqlite
     """Another process holds SQLite's write lock: the loop's batch gives up at once
     (busy_timeout 0), retries briefly, then workers file the jobs once the lock is free."""
     gw = sqlite_gw
-    writer = gw.app.gateway.writer
+    writer = gw.app.deliveries.writer
     path = gw.engine.url.database
     box = gw.dropbox(H)
     holder = sqlite3.connect(path, timeout=1, isolation_level=None, check_same_thread=False)
@@ -143,7 +142,7 @@ def test_lock_held_elsewhere_the_loop_does_not_wait_and_workers_take_over(sqlite
 
 def test_read_raises_busy_instead_of_waiting(sqlite_gw):
     gw = sqlite_gw
-    writer = gw.app.gateway.writer
+    writer = gw.app.deliveries.writer
 
     def locked(_conn):  # type: ignore[no-untyped-def]
         raise sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))

@@ -51,8 +51,13 @@ class PipelineEntry:
 
 
 def token_prefix(pipe: Pipeline) -> str:
-    """The configured prefix, or the pipeline name in upper case without spaces."""
-    return (pipe.token_prefix or "".join(ch for ch in pipe.name if ch.isalnum()) or "R").upper()
+    """The configured prefix, or the one derived from the pipeline's name."""
+    return pipe.token_prefix.upper() if pipe.token_prefix else default_token_prefix(pipe.name)
+
+
+def default_token_prefix(pipeline_name: str) -> str:
+    """The pipeline name in upper case without spaces or punctuation ("R" if nothing is left)."""
+    return ("".join(ch for ch in pipeline_name if ch.isalnum()) or "R").upper()
 
 
 @dataclass(frozen=True)

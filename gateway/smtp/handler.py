@@ -1,36 +1,35 @@
-"""The aiosmtpd handler: thin hooks that turn protocol events into Gateway calls
-and Gateway outcomes into replies from the catalogue."""
+"""The aiosmtpd handler of the SMTP and LMTP listeners: thin hooks (aiosmtpd's public
+handler API) that turn protocol events into delivery calls and their outcomes into
+replies from the catalogue.
+
+MAIL begins an InboundTransaction (gateway/smtp/transaction.py) on the protocol
+object; RCPT asks Deliveries.route_for for the recipient's route; DATA hands the
+routes and the message to Deliveries.deliver.  Also the session bookkeeping the
+protocol classes call (opened, closed, close_all) and the parts submission shares:
+the SIZE check at MAIL and the queue id on success replies.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-from typing import Any
+from typing import TypeVar
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from gateway import logs, metrics
 from gateway.addresses import domain_of, normalise
-from gateway.delivery import Gateway
+from gateway.delivery import Deliveries
 from gateway.errors import DeliveryFailure
 from gateway.replies import REPLIES, Reply
 from gateway.routing import serves_domain
-from gateway.smtp.server import client_ip
+from gateway.smtp.server import GatewayProtocol
+from gateway.smtp.sessions import Sessions
+from gateway.smtp.transaction import InboundTransaction, Transaction, new_queue_id
 
 log = logs.get("gateway.smtp")
 
-
-def _queue_id() -> str:
-    return secrets.token_hex(6).upper()
-
-
-def _session_id(session: Session) -> str:
-    sid = getattr(session, "gateway_id", None)
-    if sid is None:
-        sid = secrets.token_hex(4)
-        session.gateway_id = sid  # type: ignore[attr-defined]
-    return sid
+T = TypeVar("T", bound="Transaction")
 
 
 def outcome_of(reply: Reply) -> str:
@@ -42,24 +41,47 @@ def outcome_of(reply: Reply) -> str:
             "already_relayed": "relayed", "quarantined": "quarantined"}.get(reply.reason, "accepted")
 
 
+def size_refusal(mail_options: list[str], limit: int) -> Reply | None:
+    """552 5.3.4 at MAIL when its SIZE= declares more than we take (RFC 1870)."""
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key == "SIZE" and value.isdigit() and int(value) > limit:
+            return REPLIES.too_big
+    return None
+
+
+def with_queue_id(reply: Reply, queue_id: str) -> Reply:
+    """A success reply names the transaction's queue id (the key to its log lines)."""
+    return reply.with_text(f"{reply.text} (queue id {queue_id})") if reply.ok and queue_id else reply
+
+
+def transaction_of(server: GatewayProtocol, kind: type[T]) -> T:
+    """The transaction MAIL began.  aiosmtpd calls RCPT only after a MAIL we accepted
+    and our DATA only with recipients we accepted, in the same transaction."""
+    transaction = server.transaction
+    assert isinstance(transaction, kind), transaction
+    return transaction
+
+
 class Handler:
-    def __init__(self, gateway: Gateway, *, listener: str, data_limit: int, max_recipients: int):
-        self.gateway = gateway
+    def __init__(self, deliveries: Deliveries, sessions: Sessions, *, listener: str, data_limit: int,
+                 max_recipients: int):
+        self.deliveries = deliveries
+        self.sessions = sessions
         self.listener = listener
         self.data_limit = data_limit
         self.max_recipients = max_recipients
-        self.connections: set[Any] = set()
+        self.connections: set[GatewayProtocol] = set()
 
-    # --- sessions, stop, metrics ---------------------------------------------------------
+    # --- sessions, stop, metrics (called by the protocol classes) -------------------------
 
-    def opened(self, protocol: Any) -> Reply | None:
+    def opened(self, protocol: GatewayProtocol) -> Reply | None:
         """Count a new session; the refusal to give instead of a greeting, if any."""
         self.connections.add(protocol)
         metrics.sessions.labels(listener=self.listener).inc()
         metrics.sessions_active.labels(listener=self.listener).inc()
-        peer = protocol.session.peer[0] if protocol.session and protocol.session.peer else "?"
-        protocol.gateway_peer = peer
-        refusal = self.gateway.connections.open(peer)
+        peer = protocol.client_ip
+        refusal = self.sessions.connections.open(peer)
         if refusal is not None:
             self.count_replies("connect", [refusal])
             # client_ip first: the fail2ban filter (deploy/fail2ban/) anchors on it.
@@ -67,10 +89,14 @@ class Handler:
                         status=refusal.status, reason=refusal.reason)
         return refusal
 
-    def closed(self, protocol: Any) -> None:
+    def closed(self, protocol: GatewayProtocol) -> None:
         self.connections.discard(protocol)
         metrics.sessions_active.labels(listener=self.listener).dec()
-        self.gateway.connections.close(getattr(protocol, "gateway_peer", "?"))
+        self.sessions.connections.close(protocol.client_ip)
+
+    def transaction_ended(self, transaction: Transaction) -> None:
+        """A transaction ended (after DATA, at RSET/HELO/EHLO/STARTTLS, or the
+        connection went): inbound ones hold nothing to give back."""
 
     def close_all(self) -> None:
         """At stop, after the grace period: 421 to every session still open, then close
@@ -78,17 +104,14 @@ class Handler:
         for protocol in list(self.connections):
             transport = protocol.transport
             if transport is not None and not transport.is_closing():
-                transport.write(f"{REPLIES.busy}\r\n".encode())
+                transport.write(f"{REPLIES.busy}\r\n".encode())  # type: ignore[attr-defined]
                 transport.close()
 
-    async def refuse_stopping(self, server: Any) -> None:
-        """421 4.3.2 and close: we are shutting down (RFC 5321 3.8)."""
-        await server.push(str(REPLIES.busy))
-        if server.transport is not None:
-            server.transport.close()
-
-    def _stopping_reply(self, server: Any) -> str:
-        asyncio.get_running_loop().call_soon(lambda: server.transport and server.transport.close())
+    def _stopping_reply(self, server: GatewayProtocol) -> str:
+        """421 4.3.2 (RFC 5321 3.8); the session closes once aiosmtpd has sent it."""
+        transport = server.transport
+        if transport is not None:
+            asyncio.get_running_loop().call_soon(transport.close)
         return str(REPLIES.busy)
 
     def count_replies(self, stage: str, replies: list[Reply]) -> None:
@@ -101,9 +124,9 @@ class Handler:
 
     # --- hooks ---------------------------------------------------------------------------
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+    async def handle_EHLO(self, server: GatewayProtocol, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
-        if self.gateway.stopping:
+        if self.sessions.stopping:
             return [self._stopping_reply(server)]
         session.host_name = hostname
         # RFC 1870 SIZE, RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES.
@@ -111,46 +134,44 @@ class Handler:
         extra = [f"250-SIZE {self.data_limit}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
         return head + extra + rest
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+    async def handle_MAIL(self, server: GatewayProtocol, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
-        if self.gateway.stopping:
+        if self.sessions.stopping:
             return self._stopping_reply(server)
-        for option in mail_options:
-            key, _, value = option.partition("=")
-            if key == "SIZE" and value.isdigit() and int(value) > self.data_limit:
-                return str(REPLIES.too_big)
+        refusal = size_refusal(mail_options, self.data_limit)
+        if refusal is not None:
+            return str(refusal)
         # "<>" (the null reverse-path of bounces, RFC 5321 4.5.5) stays "<>" in the
         # envelope: aiosmtpd takes an empty mail_from to mean "no MAIL yet".
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        envelope.rules = self.gateway.rules  # type: ignore[attr-defined]
-        envelope.routes = []  # type: ignore[attr-defined]
-        envelope.queue_id = _queue_id()  # type: ignore[attr-defined]
+        server.begin(InboundTransaction(self.deliveries.rules, new_queue_id()))
         return str(REPLIES.sender_ok)
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+    async def handle_RCPT(self, server: GatewayProtocol, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        structlog.contextvars.bind_contextvars(session_id=_session_id(session),
-                                               queue_id=getattr(envelope, "queue_id", None))
-        if self.gateway.stopping:
+        transaction = transaction_of(server, InboundTransaction)
+        structlog.contextvars.bind_contextvars(session_id=server.session_id, queue_id=transaction.queue_id)
+        if self.sessions.stopping:
             return self._stopping_reply(server)
-        reply = await self._rcpt(server, envelope, address)
+        reply = await self._rcpt(server, transaction, envelope, address)
         self.count_replies("rcpt", [reply])
         return str(reply)
 
-    async def _rcpt(self, server: SMTP, envelope: Envelope, address: str) -> Reply:
+    async def _rcpt(self, server: GatewayProtocol, transaction: InboundTransaction, envelope: Envelope,
+                    address: str) -> Reply:
         if len(envelope.rcpt_tos) >= self.max_recipients:
             log.info("recipient_decision", stage="rcpt", outcome="deferred", code=452, status="4.5.3")
             return REPLIES.too_many_recipients
         domain = domain_of(normalise(address))
-        if not serves_domain(envelope.rules, domain):  # type: ignore[attr-defined]
+        if not serves_domain(transaction.rules, domain):
             # Not ours at all: an open-relay probe or a misrouting MTA, not an unknown
             # user (that stays 5.1.1 below).
-            log.warning("recipient_decision", client_ip=client_ip(server), listener=self.listener, stage="rcpt",
+            log.warning("recipient_decision", client_ip=server.client_ip, listener=self.listener, stage="rcpt",
                         outcome="rejected", code=550, status="5.7.1", reason="relay_denied", domain=domain[:255])
             return REPLIES.relay_denied
         try:
-            route = await self.gateway.route_for(envelope.rules, address)  # type: ignore[attr-defined]
+            route = await self.deliveries.route_for(transaction.rules, address)
         except DeliveryFailure as exc:
             log.warning("recipient_decision", stage="rcpt", outcome="deferred", code=exc.reply.code,
                         status=exc.reply.status, reason=exc.detail)
@@ -161,19 +182,19 @@ class Handler:
             log.info("recipient_decision", stage="rcpt", outcome="rejected", code=550, status="5.1.1")
             return REPLIES.no_such_user
         envelope.rcpt_tos.append(address)
-        envelope.routes.append(route)  # type: ignore[attr-defined]
+        transaction.routes.append(route)
         return REPLIES.recipient_ok
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        qid = getattr(envelope, "queue_id", "")
-        structlog.contextvars.bind_contextvars(session_id=_session_id(session), queue_id=qid)
+    async def handle_DATA(self, server: GatewayProtocol, session: Session, envelope: Envelope) -> str:
+        transaction = transaction_of(server, InboundTransaction)
+        structlog.contextvars.bind_contextvars(session_id=server.session_id, queue_id=transaction.queue_id)
         raw = envelope.original_content or b""
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         with metrics.timed(metrics.processing_duration, stage="data"):
-            replies = await self.gateway.deliver(envelope.rules, envelope.routes, raw, sender)  # type: ignore[attr-defined]
+            replies = await self.deliveries.deliver(transaction.rules, transaction.routes, raw, sender)
         self.count_replies("data", replies)
-        replies = [_with_queue_id(r, qid) for r in replies]
-        if getattr(server, "lmtp", False):
+        replies = [with_queue_id(r, transaction.queue_id) for r in replies]
+        if server.lmtp:
             # RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
             return "\r\n".join(str(r) for r in replies)
         return str(_one_reply(replies))
@@ -183,10 +204,6 @@ class Handler:
         metrics.errors.labels(component="smtp").inc()
         log.error("session_error", error=type(error).__name__, exc_info=error)
         return str(REPLIES.internal_error)
-
-
-def _with_queue_id(reply: Reply, qid: str) -> Reply:
-    return reply.with_text(f"{reply.text} (queue id {qid})") if reply.ok and qid else reply
 
 
 def _one_reply(replies: list[Reply]) -> Reply:

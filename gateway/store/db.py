@@ -17,9 +17,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
@@ -27,6 +26,9 @@ from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
+from gateway.errors import UserError
+
+T = TypeVar("T")
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _upgrade_lock = threading.Lock()
 
@@ -52,7 +54,6 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
             pool_size=pool_size,
             max_overflow=pool_size,
         )
-        engine.gateway_timeout = timeout_seconds  # type: ignore[attr-defined]
         _sqlite_setup(engine)
         return engine
     parsed, connect_args = pg_connect_args(parsed, timeout_seconds)
@@ -149,7 +150,7 @@ def sqlite_opener(path: str, mode: str, timeout_seconds: float) -> Callable[[], 
 
 def make_dry_run_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
     """An engine for `gateway explain`: the real filing code runs on it in transactions
-    that are rolled back (DRY_RUN), and it refuses any COMMIT, so a code path that
+    that are rolled back (Database.rolled_back), and it refuses any COMMIT, so a code path that
     forgot the dry run fails instead of writing.  The database must exist and be up
     to date (checked first through a read-only engine), so nothing is created here.
 
@@ -169,100 +170,108 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-# Set by `gateway explain`: the very same filing code runs, and its transaction is
-# rolled back instead of committed, so nothing is written.
-DRY_RUN: ContextVar[bool] = ContextVar("gateway_dry_run", default=False)
+class Database:
+    """One database and the ways to use it.  The caller opens the transaction and
+    passes the connection down; what happens to the writes is visible at the call:
 
+    - ``write()``: committed on success, rolled back on error;
+    - ``rolled_back()``: the same statements, always rolled back (`gateway explain`);
+    - ``writing(fn, *args)``: ``fn(conn, *args)`` inside ``write()`` (a worker's job);
+    - ``read()``: one connection for reading outside any write transaction;
+    - the SQLite loop writer (store/writer.py) runs jobs in its batch transaction,
+      each in its own ``savepoint``.
 
-# SQLite has one writer at a time. Threads of this process queue on a lock that
-# wakes the next one the moment the writer is done, instead of each polling the
-# database lock in SQLite's busy handler (sleeps of up to 100 ms; measured: workers
-# spent 56-71 % of their time there at 10 connections). Other processes still meet
-# at the database lock with the busy timeout.
-_sqlite_writers: dict[int, threading.Lock] = {}
+    SQLite has one writer at a time.  Threads of this process queue on
+    ``writer_lock``, which wakes the next one the moment the writer is done, instead
+    of each polling the database lock in SQLite's busy handler (sleeps of up to
+    100 ms; measured: workers spent 56-71 % of their time there at 10 connections).
+    Other processes still meet at the database lock with the busy timeout.
+    """
 
+    def __init__(self, engine: Engine, timeout_seconds: float = 10.0):
+        self.engine = engine
+        self.timeout_seconds = timeout_seconds
+        self.writer_lock: threading.Lock | None = threading.Lock() if is_sqlite(engine) else None
 
-def writer_lock(engine: Engine) -> threading.Lock | None:
-    if engine.dialect.name != "sqlite":
-        return None
-    lock = _sqlite_writers.get(id(engine))
-    if lock is None:
-        lock = _sqlite_writers.setdefault(id(engine), threading.Lock())
-    return lock
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.engine)
 
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction: committed when the block ends, rolled back on error."""
+        with self._queued(), _transaction(self.engine) as (conn, trans):
+            yield conn
+            trans.commit()
 
-# Set while gateway.store.writer runs a batch: write_transaction calls made on this
-# thread then run inside the batch's transaction (the batch keeps a savepoint per job).
-batch = threading.local()
+    @contextmanager
+    def rolled_back(self) -> Iterator[Connection]:
+        """A write transaction that is always rolled back: the real statements run,
+        nothing stays (`gateway explain`)."""
+        with self._queued(), _transaction(self.engine) as (conn, _trans):
+            yield conn
+
+    def writing(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) in a write transaction, committed on success."""
+        with self.write() as conn:
+            return fn(conn, *args)
+
+    def read(self) -> Connection:
+        """A connection for one read outside any transaction.  PostgreSQL: in
+        autocommit, which saves the BEGIN and ROLLBACK round trips around it (the RCPT
+        lookup of a dropbox address took four round trips, now two)."""
+        if self.engine.dialect.name == "postgresql":
+            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self.engine.connect()
+
+    def reading(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) on a read connection."""
+        with self.read() as conn:
+            return fn(conn, *args)
+
+    @contextmanager
+    def _queued(self) -> Iterator[None]:
+        lock = self.writer_lock
+        if lock is None:
+            yield
+            return
+        if not lock.acquire(timeout=self.timeout_seconds):
+            raise sqlalchemy_exc.OperationalError("BEGIN IMMEDIATE", {}, TimeoutError("writer queue timeout"))
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that will write: committed on success, rolled back on error
-    (and always rolled back in a dry run).  Inside a writer batch: the batch's."""
-    conn = getattr(batch, "conn", None)
-    if conn is not None and conn.engine is engine:
-        with savepoint(conn):
-            yield conn
-        return
-    lock = writer_lock(engine)
-    if lock is None:
-        with _transaction(engine) as conn:
-            yield conn
-        return
-    timeout = engine.dialect.name == "sqlite" and getattr(engine, "gateway_timeout", 10.0)
-    if not lock.acquire(timeout=timeout or -1):
-        raise sqlalchemy_exc.OperationalError("BEGIN IMMEDIATE", {}, TimeoutError("writer queue timeout"))
-    try:
-        with _transaction(engine) as conn:
-            yield conn
-    finally:
-        lock.release()
-
-
-def reader(engine: Engine) -> Connection:
-    """A connection for one read outside any transaction.  PostgreSQL: in autocommit,
-    which saves the BEGIN and ROLLBACK round trips around it (the RCPT lookup of a
-    dropbox address took four round trips, now two)."""
-    if engine.dialect.name == "postgresql":
-        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    return engine.connect()
-
-
-@contextmanager
-def savepoint(conn: Connection) -> Iterator[None]:
+def savepoint(conn: Connection, name: str = "gateway_sp") -> Iterator[Connection]:
     """A SAVEPOINT straight on the driver connection (SQLAlchemy's begin_nested costs
-    ~0.1 ms; this ~10 us): undone alone on error, kept otherwise."""
+    ~0.1 ms; this ~10 us): undone alone on error, kept otherwise.  Yields ``conn``."""
     driver = conn.connection.driver_connection
-    depth = getattr(batch, "depth", 0) + 1
-    batch.depth = depth
-    name = f"gateway_sp{depth}"
     driver.execute(f"SAVEPOINT {name}")
     try:
-        yield
+        yield conn
     except BaseException:
         driver.execute(f"ROLLBACK TO {name}")
         driver.execute(f"RELEASE {name}")
         raise
     else:
         driver.execute(f"RELEASE {name}")
-    finally:
-        batch.depth = depth - 1
 
 
 @contextmanager
-def _transaction(engine: Engine) -> Iterator[Connection]:
+def _transaction(engine: Engine) -> Iterator[tuple[Connection, Any]]:
+    """A write connection and its transaction; rolled back unless the caller committed."""
     with engine.connect().execution_options(write=True) as conn:
         trans = conn.begin()
         try:
-            yield conn
-        except BaseException:
-            trans.rollback()
-            raise
-        if DRY_RUN.get():
-            trans.rollback()
-        else:
-            trans.commit()
+            yield conn, trans
+        finally:
+            if trans.is_active:
+                trans.rollback()
 
 
 def _alembic_config(conn: Connection | None = None):  # type: ignore[no-untyped-def]
@@ -312,7 +321,7 @@ def upgrade(engine: Engine) -> list[str]:
 SchemaState = Literal["missing", "empty", "behind", "ahead"]
 
 
-class SchemaNotCurrent(LookupError):
+class SchemaNotCurrent(UserError):
     """The database is missing, has no schema, or is at another revision than ours."""
 
     def __init__(self, state: SchemaState, message: str):

@@ -266,7 +266,7 @@ class Delivery(Base):
 
     (org_id, route, message_key) is unique: the same message delivered again to
     the same route files nothing new.  message_key is the Message-ID together with
-    the content digest, or the digest alone when there is none (repo.message_key).
+    the content digest, or the digest alone when there is none (deliveries.message_key).
     """
 
     __tablename__ = "deliveries"

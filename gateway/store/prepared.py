@@ -14,7 +14,7 @@ SQLAlchemy would compute at execution time is refused when the statement is buil
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import Connection
@@ -60,3 +60,20 @@ class Prepared:
 
     def run(self, conn: Connection, params: dict[str, Any]) -> None:
         self.execute(conn, params).close()
+
+
+T = TypeVar("T")
+
+
+class PerDialect(Generic[T]):
+    """A module's statements, built once per dialect on first use: ``build(conn)``."""
+
+    def __init__(self, build: Callable[[Connection], T]):
+        self._build = build
+        self._built: dict[str, T] = {}
+
+    def __call__(self, conn: Connection) -> T:
+        found = self._built.get(conn.dialect.name)
+        if found is None:
+            found = self._built[conn.dialect.name] = self._build(conn)
+        return found

@@ -1,6 +1,6 @@
 """The rules bound to database ids without writing, for the commands that only look.
 
-`sync_rules` (store/repo.py) is for `serve` and reload: it upserts organisations,
+`sync_rules` (store/organisations.py) is for `serve` and reload: it upserts organisations,
 users and pipelines and marks those missing from the rules inactive.  A command
 that only looks must never do that -- `gateway export -c other.toml` pointed at
 production would deactivate production's organisations (issue 11).  bind_rules

@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
 from gateway.store import db
 
@@ -42,8 +42,11 @@ class Busy(Exception):
 
 
 class LoopWriter:
-    def __init__(self, engine: Engine, max_batch: int = MAX_BATCH):
-        self.engine = engine
+    def __init__(self, database: db.Database, max_batch: int = MAX_BATCH):
+        assert database.writer_lock is not None, "the loop writer is for SQLite"
+        self.database = database
+        self.engine = database.engine
+        self._lock = database.writer_lock
         self.max_batch = max_batch
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -59,7 +62,8 @@ class LoopWriter:
     # --- on the loop -------------------------------------------------------------------
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in the next batch transaction; its result once committed."""
+        """fn(conn, *args) in the next batch transaction, in its own savepoint; its
+        result once committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((fn, args, future))
@@ -104,12 +108,11 @@ class LoopWriter:
         jobs, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
         jobs = [job for job in jobs if not job[2].done()]  # a cancelled one: its session is gone
         if jobs:
-            lock = db.writer_lock(self.engine)
-            if lock is not None and lock.acquire(blocking=False):
+            if self._lock.acquire(blocking=False):
                 try:
                     busy = self._run(jobs)
                 finally:
-                    lock.release()
+                    self._lock.release()
             else:
                 busy = True
             if busy:
@@ -140,8 +143,7 @@ class LoopWriter:
         """In a worker, holding the write lock so no commit lands meanwhile: move the
         WAL into the database file (the next write then starts the WAL afresh; with
         commits in between a PASSIVE checkpoint never catches up and the WAL grows)."""
-        lock = db.writer_lock(self.engine)
-        if lock is None or not lock.acquire(timeout=1.0):
+        if not self._lock.acquire(timeout=1.0):
             return
         try:
             with self.engine.connect() as conn:
@@ -149,7 +151,7 @@ class LoopWriter:
         except sqlalchemy.exc.SQLAlchemyError:
             pass  # the next one will do it
         finally:
-            lock.release()
+            self._lock.release()
 
     def _checkpointed(self, _future: Any) -> None:
         self._checkpointing = False
@@ -173,12 +175,11 @@ class LoopWriter:
             return False
         self._busy_since = None
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        db.batch.conn = conn
         try:
             for fn, args, future in jobs:
                 try:
-                    with db.savepoint(conn):  # a job that fails is undone alone
-                        result = fn(*args)
+                    with db.savepoint(conn, "gateway_job"):  # a job that fails is undone alone
+                        result = fn(conn, *args)
                 except Exception as exc:
                     outcomes.append((future, None, exc))
                 else:
@@ -192,8 +193,6 @@ class LoopWriter:
                 conn.invalidate()
             _fail(jobs, exc)
             return False
-        finally:
-            db.batch.conn = None
         self._dirty = True
         self.batches += 1
         self.jobs += len(outcomes)

@@ -2,7 +2,7 @@
 
 1. A delivery's key was the Message-ID alone, so a different mail reusing an id
    was answered 250 and stored nowhere.  Keys are now the Message-ID together with
-   the digest of the originator fields and body (gateway.store.repo.message_key).
+   the digest of the originator fields and body (gateway.store.deliveries.message_key).
    Every stored delivery and quarantined message gets its key recomputed from the
    raw message, so a re-delivery of mail filed before the upgrade is still a
    repeat; emails.digest is recomputed the same way.  Deliveries without a stored
@@ -65,8 +65,8 @@ def downgrade() -> None:
 
 def _rekey(bind: Any) -> None:
     from gateway.errors import MalformedMessage
-    from gateway.ingest.parse import parse_message
-    from gateway.store.repo import message_key
+    from gateway.parse import parse_message
+    from gateway.store.deliveries import message_key
 
     meta = sa.MetaData()
     emails = sa.Table("emails", meta, sa.Column("id"), sa.Column("digest"))

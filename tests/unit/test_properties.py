@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from gateway.addresses import normalise
 from gateway.errors import MalformedMessage
-from gateway.ingest.parse import parse_message
+from gateway.parse import parse_message
 from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxCandidate, classify
 from gateway.rules.loader import load_rules
 from gateway.smtp.server import MessageTooBig, read_data
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RULES = load_rules(REPO / "rules")
 
 COMMON = dict(database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -137,7 +137,7 @@ def test_classify_is_case_insensitive_for_gateway_addresses(address: str) -> Non
 
 
 # --------------------------------------------------------------------------
-# (c) gateway.ingest.parse.parse_message
+# (c) gateway.parse.parse_message
 
 
 def _strings(value: object):
@@ -480,7 +480,7 @@ _header_chars = st.sampled_from(list("ab Z9.-_+@<>\",;:()[]\\=?\t")) | st.charac
 def test_plain_address_fast_path_agrees_with_getaddresses(values: list[str]) -> None:
     import email.utils
 
-    from gateway.ingest.parse import plain_addresses
+    from gateway.parse import plain_addresses
 
     found = plain_addresses(values)
     if found is not None:

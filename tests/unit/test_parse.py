@@ -1,9 +1,10 @@
-"""Unit tests for gateway.ingest.parse."""
+"""Unit tests for gateway.parse (the package's entry points and its header scanner)."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import os
 import time
 from datetime import datetime, timezone
@@ -12,8 +13,8 @@ from email.header import Header
 import pytest
 
 from gateway.errors import MalformedMessage
-from gateway.ingest.parse import parse_message
 from gateway.message import Address, AttachmentInfo, ParsedMessage
+from gateway.parse import parse_message
 
 
 def crlf(text: str | bytes) -> bytes:
@@ -617,7 +618,7 @@ def test_ten_megabyte_message_is_fast():
 
 def test_iso2022jp_microsoft_flavour_codec():
     """CP50220 as Outlook writes it: NEC row 13 and half-width katakana inside ISO-2022-JP."""
-    from gateway.ingest import jis
+    from gateway.parse import jis
 
     assert b"\x1b$B-!-j-b\x1b(B ok".decode(jis.NAME) == "①㈱№ ok"
     assert b"\x1b(I12\x1b(B".decode(jis.NAME) == "ｱｲ"
@@ -678,7 +679,7 @@ def test_inline_text_part_with_a_file_name_is_the_text_body():
 
 
 def test_calendar_invitation_is_kept_and_retrievable():
-    from gateway.ingest.parse import attachment
+    from gateway.parse import attachment
 
     ics = crlf("BEGIN:VCALENDAR\nVERSION:2.0\nMETHOD:REQUEST\nBEGIN:VEVENT\nSUMMARY:Review\n"
                "DTSTART:20261202T090000Z\nEND:VEVENT\nEND:VCALENDAR\n")
@@ -729,9 +730,9 @@ def test_rfc2231_name_mislabelled_iso2022jp_is_not_mojibake():
 
 
 def test_parts_below_the_depth_limit_are_counted_not_dropped_silently():
-    from gateway.ingest import parse as parse_mod
+    from gateway.parse.limits import MAX_DEPTH
 
-    depth = parse_mod._MAX_DEPTH + 3
+    depth = MAX_DEPTH + 3
     body = b"Content-Type: text/plain\r\n\r\ndeep text\r\n"
     for level in range(depth):
         b = f"b{level}".encode()
@@ -743,3 +744,52 @@ def test_parts_below_the_depth_limit_are_counted_not_dropped_silently():
     assert msg.text_body == "" and msg.empty_body
     shallow = parse_message(crlf("From: a@example.com\n\nplain"))
     assert (shallow.skipped_parts, shallow.empty_body) == (0, False)
+
+
+# ---------------------------------------------------------------- the header-section scanner
+
+
+def test_header_section_ends_at_the_first_empty_line_lf_or_crlf():
+    from gateway.parse.headers import split_header_section
+
+    for eol in (b"\r\n", b"\n"):
+        raw = eol.join([b"From: a@example.com", b"Subject: one", b"\ttwo", b"", b"body", b""])
+        section = split_header_section(raw)
+        assert section.fields == [("From", "a@example.com"), ("Subject", "one\ttwo")]
+        assert raw[section.body_start:] == b"body" + eol
+
+
+def test_header_section_salvage_and_part_blocks():
+    from gateway.parse.headers import split_header_section
+
+    raw = b"\r\n\r\nF\trom: x\r\nFrom: a@example.com\r\n\r\nbody"
+    section = split_header_section(raw)
+    assert section.fields == [("From", "a@example.com")] and raw[section.body_start:] == b"body"
+    # a MIME part's block starts at its first byte and may be empty
+    part = split_header_section(b"\r\nbody", salvage=False)
+    assert part.fields == [] and part.body_start == 2
+    # the first line that is no header field starts the body
+    section = split_header_section(b"From a@b Mon\r\nFrom: a@example.com\r\nno header\r\nX: y\r\n")
+    assert section.fields == [("From", "a@example.com")]
+    assert section.body_start == len(b"From a@b Mon\r\nFrom: a@example.com\r\n")
+
+
+def test_split_fields_gives_folded_fields_and_the_body_as_the_relay_needs_them():
+    from gateway.parse.headers import split_fields
+
+    for eol in (b"\r\n", b"\n"):
+        raw = eol.join([b"From: a@example.com", b"Subject: one", b" two", b"X-Gateway-Class: x", b"",
+                        b"body", b"", b"more", b""])
+        assert split_fields(raw) == ([b"From: a@example.com", b"Subject: one\r\n two", b"X-Gateway-Class: x"],
+                                     eol.join([b"body", b"", b"more", b""]))
+    assert split_fields(b"From: a@example.com\r\nSubject: s") == ([b"From: a@example.com", b"Subject: s"], b"")
+    # as the parser reads it: an mbox "From " line is no field, a junk line starts the body
+    assert split_fields(b"From a@b Mon\r\nFrom: a@example.com\r\njunk\r\n\r\nbody") == (
+        [b"From: a@example.com"], b"junk\r\n\r\nbody")
+
+
+def test_digest_is_computed_from_the_header_section_the_parser_read():
+    raw = crlf("\nFrom: A <a@example.com>\nSubject:  Hello\n   world\nDate: Mon, 1 Jan 2024 10:00:00 +0000\n\nBody\n\n")
+    expected = hashlib.sha256(b"from:A <a@example.com>\ndate:Mon, 1 Jan 2024 10:00:00 +0000\n"
+                              b"subject:Hello world\n\nBody").hexdigest()
+    assert parse_message(raw).digest == expected

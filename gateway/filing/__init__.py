@@ -1,0 +1,50 @@
+"""Filing: what one message means for one route, as a plan, then committed.
+
+    plan = PLANNERS[type(route)](conn, rules, route, parsed, envelope_sender)
+    filing = store.filing.commit(conn, parsed, plan)
+
+The plans and outcomes, typed and immutable, are in gateway/outcome.py.
+
+- dropbox.py   SPEC 2: the BCC dropbox (sender check, customers); reads nothing
+- alias.py     SPEC 3: pipeline aliases (thread, new record, reopen, noise dropped)
+- threads.py   thread matching (In-Reply-To, References, record tokens); the token format
+- noise.py     auto-replies, bounces, loops
+- people.py    the sender, the customers, names for a new contact
+
+The caller owns the transaction and passes its connection: a worker's own
+transaction, a savepoint in the SQLite loop writer's batch, or one that `gateway
+explain` rolls back.  Nothing here knows which.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy import Connection
+
+from gateway.filing import alias, dropbox
+from gateway.outcome import Filing, Plan
+from gateway.message import ParsedMessage
+from gateway.routing import AliasRoute, DropboxRoute, Route
+from gateway.rules.index import RuleIndex
+from gateway.store import filing as store_filing
+
+
+def _plan_dropbox(conn: Connection, rules: RuleIndex, route: Any, parsed: ParsedMessage, sender: str) -> Plan:
+    return dropbox.plan(rules, route, parsed, sender)
+
+
+# The planning function of each kind of route: fn(conn, rules, route, parsed, envelope_sender).
+PLANNERS: dict[type, Callable[[Connection, RuleIndex, Any, ParsedMessage, str], Plan]] = {
+    DropboxRoute: _plan_dropbox,
+    AliasRoute: alias.plan,
+}
+
+
+def plan(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str) -> Plan:
+    return PLANNERS[type(route)](conn, rules, route, parsed, envelope_sender)
+
+
+def file(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str) -> Filing:
+    """Plan, then commit, on ``conn`` (the caller's transaction)."""
+    return store_filing.commit(conn, parsed, plan(conn, rules, route, parsed, envelope_sender))

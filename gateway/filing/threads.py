@@ -1,0 +1,87 @@
+"""Thread matching: which record a message belongs to, and why.
+
+Order of evidence (first hit wins):
+1. In-Reply-To naming a message already on a record of this pipeline;
+2. References, newest first;
+3. a record token such as [#S-42] in the subject, for clients that drop those
+   headers -- only when the sender already took part in that record, so a stranger
+   quoting a token starts a new record instead of joining someone else's.
+All lookups are within one organisation and one pipeline (gateway/store/conversations.py).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from sqlalchemy import Connection
+
+from gateway.outcome import ThreadMatch
+from gateway.message import ParsedMessage
+from gateway.rules.index import OrgEntry, default_token_prefix
+from gateway.store import conversations
+
+
+def format_token(fmt: str, prefix: str, record_id: int) -> str:
+    return fmt.replace("{prefix}", prefix).replace("{id}", str(record_id))
+
+
+def record_token(org: OrgEntry, pipeline: str, record_id: int) -> str:
+    """The token of a record, e.g. [#S-42]: the organisation's format with its
+    pipeline's prefix (derived from the name for a pipeline no longer in the rules)."""
+    entry = org.pipelines.get(pipeline)
+    prefix = entry.token_prefix if entry is not None else default_token_prefix(pipeline)
+    return format_token(org.record_token, prefix, record_id)
+
+
+@lru_cache(maxsize=64)
+def token_pattern(fmt: str, prefix: str) -> re.Pattern[str]:
+    literal = re.escape(fmt).replace(re.escape("{prefix}"), re.escape(prefix)).replace(re.escape("{id}"), r"(\d{1,18})")
+    return re.compile(literal, re.IGNORECASE)
+
+
+def tokens_in(subject: str, fmt: str, prefix: str) -> list[int]:
+    return [int(x) for x in token_pattern(fmt, prefix).findall(subject)]
+
+
+def header_evidence(parsed: ParsedMessage) -> tuple[list[tuple[str, str]], list[str]]:
+    """(method, message id) pairs in order of evidence -- In-Reply-To, then References
+    newest first -- and the distinct ids to look up (bounded)."""
+    candidates = [("in-reply-to", mid) for mid in parsed.in_reply_to]
+    candidates += [("references", mid) for mid in reversed(parsed.references)]
+    return candidates, list(dict.fromkeys(mid for _, mid in candidates))[:100]
+
+
+def first_evidence(candidates: list[tuple[str, str]], found: dict[str, int]) -> ThreadMatch | None:
+    """The first (method, id) in order of evidence whose message is on a record."""
+    for method, mid in candidates:
+        if mid in found:
+            return ThreadMatch(found[mid], method, mid)
+    return None
+
+
+def find_thread(
+    conn: Connection,
+    *,
+    org_id: str,
+    pipeline_id: int,
+    parsed: ParsedMessage,
+    sender: str,
+    record_token: str,
+    prefix: str,
+) -> ThreadMatch:
+    candidates, ids = header_evidence(parsed)
+    if ids:
+        found = conversations.records_by_message_id(conn, org_id, ids, pipeline_id=pipeline_id, participant=sender)
+        match = first_evidence(candidates, found)
+        if match is not None:
+            return match
+    ignored = ""
+    for record_id in tokens_in(parsed.subject, record_token, prefix):
+        token = format_token(record_token, prefix, record_id)
+        if not conversations.record_in_pipeline(conn, org_id, pipeline_id, record_id):
+            continue
+        if conversations.takes_part(conn, record_id, sender):
+            return ThreadMatch(record_id, "token", token)
+        ignored = ignored or f"{token} from non-participant {sender}"
+    return ThreadMatch(None, "none", token_ignored=ignored)

@@ -1,0 +1,385 @@
+"""What a filing decided and did, as typed, immutable data.
+
+At the bottom of the house with gateway/message.py: imports nothing of ours.
+
+A route's planning function (gateway/filing/dropbox.py, alias.py) computes a *plan*
+from the parsed message, the rules and what it read; the store commits it
+(gateway/store/filing.py) and returns a ``Filing``: the plan with the ids of what was
+matched or created.  That one value is what delivery turns into the reply, the log
+line and the metrics, what `gateway explain` renders, what is stored as the
+delivery's decision and what `gateway record show` shows.
+
+The stored decision is serialised here and only here (``decision_json``), in the
+JSON shape the deliveries table has always held; ``decision_from_json`` reads it
+back (stored decisions of any age, relay decisions included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Kind = Literal["lead", "contact"]
+Action = Literal["matched", "created", "joined"]
+Result = Literal["filed", "dropped", "duplicate"]
+
+
+# --- the parts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Mail no person wrote (gateway/filing/noise.py): never a record or contact."""
+
+    kind: Literal["auto_reply", "bounce", "loop"]
+    evidence: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.evidence}"
+
+
+@dataclass(frozen=True)
+class ThreadMatch:
+    """Which record a message continues, and the evidence (gateway/filing/threads.py)."""
+
+    record_id: int | None
+    method: str  # in-reply-to | references | token | none
+    evidence: str = ""
+    token_ignored: str = ""  # a token seen from a non-participant
+
+
+@dataclass(frozen=True)
+class StageChange:
+    from_stage: str | None
+    to_stage: str
+    cause: Literal["created", "reply", "manual"]
+
+
+@dataclass(frozen=True)
+class Touched:
+    """A record or contact the filing joined, matched or created (id None: not known,
+    e.g. `gateway explain` of a creation that was rolled back)."""
+
+    id: int | None
+    action: Action
+
+
+@dataclass(frozen=True)
+class Person:
+    """A customer address of a dropbox filing and the lead/contact it was filed under."""
+
+    address: str
+    kind: Kind
+    id: int | None
+    action: Action
+
+
+@dataclass(frozen=True)
+class PersonWanted:
+    """A customer address to find (in search order) or create."""
+
+    address: str
+    search: tuple[Kind, ...]  # kinds to look in, in order
+    creates: Kind
+
+
+# --- plans: what to do, before anything is written -------------------------------------
+
+
+@dataclass(frozen=True)
+class DropboxPlan:
+    """SPEC 2: the user's mail, filed under each customer (found or created)."""
+
+    org_id: str
+    route_key: str
+    user: str
+    user_id: int | None
+    sender: str
+    search: str
+    creates: Kind
+    customers: tuple[str, ...]
+    wanted: tuple[PersonWanted, ...]
+
+
+@dataclass(frozen=True)
+class JoinRecord:
+    """Continue a record's conversation; the sender takes part; maybe a reopen."""
+
+    record_id: int
+    link_contact: int | None  # the record's contact, when the sender is that contact
+    participate: bool  # noise joins a thread without making its sender a participant
+    stage_change: StageChange | None
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """A new record in the pipeline's first stage, with the sender as its contact."""
+
+    pipeline_id: int
+    stage: str
+    title: str
+    owner_id: int | None
+    tags: tuple[str, ...]
+    contact: PersonWanted | None  # None: the sender is not an address
+    first_name: str
+    last_name: str
+
+
+@dataclass(frozen=True)
+class DropNoise:
+    """Noise outside any thread: accepted and dropped (no backscatter)."""
+
+
+@dataclass(frozen=True)
+class AliasPlan:
+    """SPEC 3: a mail to a pipeline alias joins a thread, starts a record or is dropped."""
+
+    org_id: str
+    route_key: str
+    alias: str
+    pipeline: str
+    sender: str
+    noise: Noise | None
+    thread: ThreadMatch
+    action: JoinRecord | NewRecord | DropNoise
+
+
+Plan = Union[DropboxPlan, AliasPlan]
+
+
+# --- what was done ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DropboxDecision:
+    user: str
+    sender: str
+    search: str
+    creates: str
+    customers: tuple[str, ...]
+    people: tuple[Person, ...] = ()
+
+
+@dataclass(frozen=True)
+class AliasDecision:
+    alias: str
+    pipeline: str
+    sender: str
+    noise: Noise | None
+    thread: ThreadMatch
+    outcome: Literal["filed", "dropped"]
+    record: Touched | None = None
+    # Present for a new record only (None: the sender is not an address).
+    contact: Touched | None = None
+    stage_change: StageChange | None = None
+    new_record: bool = False
+
+
+@dataclass(frozen=True)
+class Link:
+    """An email filed under a lead, contact or record."""
+
+    kind: str
+    id: int
+
+
+@dataclass(frozen=True)
+class RelayDecision:
+    """Outbound mail relayed for the CRM (gateway/submit.py): who sent it, in which
+    quota class, the record it belongs to, what the smarthost said, where it was filed."""
+
+    login: str
+    mail_class: str
+    thread: ThreadMatch
+    token_added: bool
+    smarthost: str
+    accepted: int
+    refused: dict[str, str]
+    links: tuple[Link, ...] = ()
+
+
+@dataclass(frozen=True)
+class RawDecision:
+    """A stored decision kept as it is: a shape this version does not know."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Decision = Union[DropboxDecision, AliasDecision, RelayDecision, RawDecision]
+
+
+@dataclass(frozen=True)
+class Filing:
+    """One message filed (or not) for one route."""
+
+    result: Result
+    decision: Decision | None  # None for a duplicate: nothing new was decided
+    email_id: int | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.result == "duplicate"
+
+    @property
+    def dropped(self) -> bool:
+        return self.result == "dropped"
+
+    def created(self) -> list[str]:
+        """Kinds of thing this filing created (for the metrics): lead, contact, record."""
+        d = self.decision
+        if isinstance(d, DropboxDecision):
+            return [p.kind for p in d.people if p.action == "created"]
+        if isinstance(d, AliasDecision):
+            made = []
+            if d.contact is not None and d.contact.action == "created":
+                made.append("contact")
+            if d.record is not None and d.record.action == "created":
+                made.append("record")
+            return made
+        return []
+
+    def reopened(self) -> bool:
+        d = self.decision
+        return isinstance(d, AliasDecision) and d.stage_change is not None and d.stage_change.cause == "reply"
+
+    def without_new_ids(self) -> "Filing":
+        """Ids of things created in a transaction that was rolled back are not real
+        (`gateway explain`): the same filing with them removed."""
+        d = self.decision
+        if isinstance(d, DropboxDecision):
+            d = _replace(d, people=tuple(_replace(p, id=None) if p.action == "created" else p for p in d.people))
+        elif isinstance(d, AliasDecision):
+            d = _replace(d, record=_unsaved(d.record), contact=_unsaved(d.contact))
+        return Filing(self.result, d, None)
+
+
+def _unsaved(touched: Touched | None) -> Touched | None:
+    return Touched(None, touched.action) if touched is not None and touched.action == "created" else touched
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(obj, **changes)
+
+
+# --- the stored decision (JSON), in one place ------------------------------------------
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """What is stored with the idempotency key when a delivery is claimed (replaced by
+    the whole decision in the same transaction)."""
+    if isinstance(plan, DropboxPlan):
+        return _dropbox_json(DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers))
+    return {"route": "alias", "alias": plan.alias, "pipeline": plan.pipeline, "sender": plan.sender,
+            "noise": str(plan.noise) if plan.noise else None}
+
+
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """A decision as stored in deliveries.decision (and shown by explain, record show)."""
+    if isinstance(decision, DropboxDecision):
+        out = _dropbox_json(decision)
+        out["people"] = [_person_json(p) for p in decision.people]
+        return out
+    if isinstance(decision, AliasDecision):
+        return _alias_json(decision)
+    if isinstance(decision, RelayDecision):
+        return _relay_json(decision)
+    return dict(decision.fields)
+
+
+def _relay_json(d: RelayDecision) -> dict[str, Any]:
+    return {"route": "relay", "login": d.login, "class": d.mail_class, "thread": _thread_json(d.thread),
+            "token_added": d.token_added, "smarthost": d.smarthost, "accepted": d.accepted,
+            "refused": dict(d.refused), "links": [{"kind": link.kind, "id": link.id} for link in d.links]}
+
+
+def _dropbox_json(d: DropboxDecision) -> dict[str, Any]:
+    return {"route": "dropbox", "user": d.user, "sender": d.sender, "sender_check": "registered",
+            "search": d.search, "creates": d.creates, "customers": list(d.customers)}
+
+
+def _person_json(p: Person) -> dict[str, Any]:
+    out: dict[str, Any] = {"address": p.address, "kind": p.kind, "id": p.id, "action": p.action}
+    if p.id is None:
+        del out["id"]
+    return out
+
+
+def _touched_json(t: Touched | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {"id": t.id, "action": t.action} if t.id is not None else {"action": t.action}
+
+
+def _thread_json(t: ThreadMatch) -> dict[str, Any]:
+    out: dict[str, Any] = {"method": t.method, "evidence": t.evidence, "record_id": t.record_id}
+    if t.token_ignored:
+        out["token_ignored"] = t.token_ignored
+    return out
+
+
+def _stage_json(c: StageChange | None) -> dict[str, Any] | None:
+    return {"from": c.from_stage, "to": c.to_stage, "cause": c.cause} if c is not None else None
+
+
+def _alias_json(d: AliasDecision) -> dict[str, Any]:
+    out: dict[str, Any] = {"route": "alias", "alias": d.alias, "pipeline": d.pipeline, "sender": d.sender,
+                           "noise": str(d.noise) if d.noise else None, "thread": _thread_json(d.thread)}
+    if d.outcome == "dropped":
+        out["outcome"] = "dropped"
+        return out
+    if d.new_record:
+        out["contact"] = _touched_json(d.contact)
+        out["record"] = _touched_json(d.record)
+        out["stage_change"] = _stage_json(d.stage_change)
+        out["outcome"] = "filed"
+    else:
+        out["record"] = _touched_json(d.record)
+        out["outcome"] = "filed"
+        out["stage_change"] = _stage_json(d.stage_change)
+    return out
+
+
+def decision_from_json(data: dict[str, Any]) -> Decision:
+    """A stored decision read back; a shape this version does not know is kept as it
+    is (RawDecision)."""
+    try:
+        if data.get("route") == "dropbox" and "people" in data:
+            dropbox = DropboxDecision(
+                data["user"], data["sender"], data["search"], data["creates"], tuple(data["customers"]),
+                tuple(Person(p["address"], p["kind"], p.get("id"), p["action"]) for p in data["people"]))
+            if decision_json(dropbox) == data:
+                return dropbox
+        if data.get("route") == "alias" and "outcome" in data:
+            noise = None
+            if data.get("noise"):
+                kind, _, evidence = data["noise"].partition(": ")
+                noise = Noise(kind, evidence)  # type: ignore[arg-type]
+            t = data["thread"]
+            change = data.get("stage_change")
+            decision = AliasDecision(
+                data["alias"], data["pipeline"], data["sender"], noise,
+                ThreadMatch(t["record_id"], t["method"], t.get("evidence", ""), t.get("token_ignored", "")),
+                data["outcome"],
+                record=_touched_from(data.get("record")), contact=_touched_from(data.get("contact")),
+                stage_change=StageChange(change["from"], change["to"], change["cause"]) if change else None,
+                new_record="contact" in data,
+            )
+            if _alias_json(decision) == data:
+                return decision
+        if data.get("route") == "relay":
+            t = data["thread"]
+            relay = RelayDecision(
+                data["login"], data["class"], ThreadMatch(t["record_id"], t["method"], t.get("evidence", "")),
+                data["token_added"], data["smarthost"], data["accepted"], dict(data["refused"]),
+                tuple(Link(link["kind"], link["id"]) for link in data.get("links", [])))
+            if _relay_json(relay) == data:
+                return relay
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    return RawDecision(dict(data))
+
+
+def _touched_from(data: dict[str, Any] | None) -> Touched | None:
+    return Touched(data.get("id"), data["action"]) if data is not None else None

@@ -1,0 +1,104 @@
+"""Committing a filing plan (gateway/filing/): the one place a filing writes.
+
+The idempotency key goes in first (store/deliveries.py): the same mail again finds
+it and files nothing.  Then the people, the email and its links, the record and its
+stage changes; last the decision, stored with the key.  All on the caller's
+connection, inside the caller's transaction (committed, a savepoint of a batch, or
+rolled back by `gateway explain`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from gateway.outcome import (
+    AliasDecision,
+    AliasPlan,
+    DropboxDecision,
+    DropboxPlan,
+    DropNoise,
+    Filing,
+    JoinRecord,
+    NewRecord,
+    Person,
+    Plan,
+    StageChange,
+    Touched,
+    decision_json,
+    plan_json,
+)
+from gateway.message import ParsedMessage
+from gateway.store import deliveries, emails, people, records
+
+
+def commit(conn: Connection, parsed: ParsedMessage, plan: Plan) -> Filing:
+    """Write what ``plan`` decided, exactly once per (organisation, route, message)."""
+    delivery_id = deliveries.claim(conn, plan.org_id, plan.route_key, parsed, plan_json(plan))
+    if delivery_id is None:
+        return Filing("duplicate", None)
+    if isinstance(plan, DropboxPlan):
+        filing = _dropbox(conn, parsed, plan)
+    else:
+        filing = _alias(conn, parsed, plan)
+    assert filing.decision is not None
+    deliveries.finish(conn, delivery_id, filing.email_id, decision_json(filing.decision))
+    return filing
+
+
+def _dropbox(conn: Connection, parsed: ParsedMessage, plan: DropboxPlan) -> Filing:
+    found = []
+    for wanted in plan.wanted:  # sorted by address: row locks in one order
+        kind, person_id, action = people.find_or_create(conn, plan.org_id, wanted, plan.user_id, "dropbox")
+        found.append(Person(wanted.address, kind, person_id, action))  # type: ignore[arg-type]
+    email_id = emails.store(conn, plan.org_id, parsed, source="dropbox", direction="inbound", filed_by=plan.user_id)
+    for person in found:
+        assert person.id is not None
+        emails.link(conn, plan.org_id, email_id, person.kind, person.id)
+    decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, tuple(found))
+    return Filing("filed", decision, email_id)
+
+
+def _alias(conn: Connection, parsed: ParsedMessage, plan: AliasPlan) -> Filing:
+    org_id, action = plan.org_id, plan.action
+    base = dict(alias=plan.alias, pipeline=plan.pipeline, sender=plan.sender, noise=plan.noise, thread=plan.thread)
+    if isinstance(action, DropNoise):
+        return Filing("dropped", AliasDecision(**base, outcome="dropped"))
+    if isinstance(action, JoinRecord):
+        email_id = emails.store(conn, org_id, parsed, source="alias", direction="inbound", filed_by=None,
+                                kind=plan.noise.kind if plan.noise else "message")
+        emails.link(conn, org_id, email_id, "record", action.record_id)
+        if action.link_contact is not None:
+            emails.link(conn, org_id, email_id, "contact", action.link_contact)
+        if action.participate:
+            records.participate(conn, org_id, action.record_id, plan.sender)
+        change = action.stage_change
+        if change is not None:
+            records.set_stage(conn, action.record_id, change.to_stage)
+            records.add_stage_change(conn, org_id, action.record_id, change.from_stage, change.to_stage,
+                                     change.cause, email_id)
+        return Filing("filed", AliasDecision(**base, outcome="filed", record=Touched(action.record_id, "joined"),
+                                             stage_change=change), email_id)
+    return _new_record(conn, parsed, plan, action, base)
+
+
+def _new_record(conn: Connection, parsed: ParsedMessage, plan: AliasPlan, action: NewRecord,
+                base: dict) -> Filing:  # type: ignore[type-arg]
+    org_id = plan.org_id
+    contact: Touched | None = None
+    if action.contact is not None:
+        _, contact_id, made = people.find_or_create(conn, org_id, action.contact, action.owner_id, "alias",
+                                                    action.first_name, action.last_name)
+        contact = Touched(contact_id, made)  # type: ignore[arg-type]
+    record_id = records.create(conn, org_id, pipeline_id=action.pipeline_id, stage=action.stage, title=action.title,
+                               owner_id=action.owner_id, tags=list(action.tags),
+                               contact_id=contact.id if contact else None)
+    email_id = emails.store(conn, org_id, parsed, source="alias", direction="inbound", filed_by=None)
+    emails.link(conn, org_id, email_id, "record", record_id)
+    if contact is not None:
+        assert contact.id is not None
+        emails.link(conn, org_id, email_id, "contact", contact.id)
+        records.participate(conn, org_id, record_id, plan.sender)
+    change = StageChange(None, action.stage, "created")
+    records.add_stage_change(conn, org_id, record_id, None, action.stage, "created", email_id)
+    decision = AliasDecision(**base, outcome="filed", record=Touched(record_id, "created"), contact=contact,
+                             stage_change=change, new_record=True)
+    return Filing("filed", decision, email_id)

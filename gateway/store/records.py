@@ -1,0 +1,122 @@
+"""Pipeline records: creation, participants, stage changes and the reads filing and
+the relay need (a record's contact, its stage under a row lock, its pipeline); and
+the reads behind `gateway record show` and `gateway export` (records with their
+pipeline, conversation order, stage history, the decisions of a conversation)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+from sqlalchemy import Connection, Row, select, update
+
+from gateway.store import models as m
+from gateway.store.sql import insert_for, now
+
+_RECORDS, _PIPES, _CONTACTS = m.Record.__table__, m.Pipeline.__table__, m.Contact.__table__
+
+
+class RecordRow(NamedTuple):
+    id: int
+    org_id: str
+    pipeline: str
+    stage: str
+    contact_id: int | None
+
+
+def create(conn: Connection, org_id: str, *, pipeline_id: int, stage: str, title: str, owner_id: int | None,
+           tags: list[str], contact_id: int | None) -> int:
+    stamp = now()
+    return conn.execute(
+        _RECORDS.insert().values(
+            org_id=org_id, pipeline_id=pipeline_id, stage=stage, title=title, owner_id=owner_id, tags=tags,
+            contact_id=contact_id, created_at=stamp, updated_at=stamp,
+        ).returning(_RECORDS.c.id)
+    ).scalar_one()
+
+
+def get(conn: Connection, record_id: int, org_id: str | None = None, *, lock: bool = False) -> RecordRow | None:
+    """A record with its pipeline's name (``lock``: FOR UPDATE of the record row, so a
+    read-and-move of its stage is exact)."""
+    query = (select(_RECORDS.c.id, _RECORDS.c.org_id, _PIPES.c.name, _RECORDS.c.stage, _RECORDS.c.contact_id)
+             .join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id).where(_RECORDS.c.id == record_id))
+    if org_id is not None:
+        query = query.where(_RECORDS.c.org_id == org_id)
+    if lock:
+        query = query.with_for_update(of=_RECORDS)
+    row = conn.execute(query).one_or_none()
+    return RecordRow(*row) if row is not None else None
+
+
+def contact_address(conn: Connection, record_id: int) -> tuple[int, str] | None:
+    """The record's contact (id, address), if it has one."""
+    row = conn.execute(
+        select(_CONTACTS.c.id, _CONTACTS.c.email).join(_RECORDS, _RECORDS.c.contact_id == _CONTACTS.c.id)
+        .where(_RECORDS.c.id == record_id)
+    ).one_or_none()
+    return (row.id, row.email) if row is not None else None
+
+
+def locked_stage(conn: Connection, record_id: int) -> str:
+    """The stage, with the row locked until the transaction ends: of two simultaneous
+    replies, one reopens."""
+    return conn.execute(select(_RECORDS.c.stage).where(_RECORDS.c.id == record_id).with_for_update()).scalar_one()
+
+
+def set_stage(conn: Connection, record_id: int, stage: str) -> None:
+    conn.execute(update(_RECORDS).where(_RECORDS.c.id == record_id).values(stage=stage, updated_at=now()))
+
+
+def add_stage_change(conn: Connection, org_id: str, record_id: int, from_stage: str | None, to_stage: str,
+                     cause: str, email_id: int | None = None) -> None:
+    conn.execute(m.StageChange.__table__.insert().values(
+        org_id=org_id, record_id=record_id, from_stage=from_stage, to_stage=to_stage,
+        at=now(), cause=cause, email_id=email_id))
+
+
+def participate(conn: Connection, org_id: str, record_id: int, address: str) -> None:
+    """The address takes part in the record (once): its token in a subject then counts."""
+    parts = m.Participant.__table__
+    conn.execute(insert_for(conn, parts).values(org_id=org_id, record_id=record_id, address=address)
+                 .on_conflict_do_nothing())
+
+
+def with_pipeline(conn: Connection, record_id: int) -> Row[Any] | None:
+    """A record's row (every column) with its pipeline's name as ``pipeline``."""
+    return conn.execute(
+        select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
+        .where(_RECORDS.c.id == record_id)
+    ).one_or_none()
+
+
+def listing(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
+    """Every record (of ``org_id`` when given) with its pipeline's name as ``pipeline``, by id."""
+    query = select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
+    if org_id:
+        query = query.where(_RECORDS.c.org_id == org_id)
+    return conn.execute(query.order_by(_RECORDS.c.id)).all()
+
+
+def conversation_order(conn: Connection, record_ids: list[int] | None = None) -> dict[int, list[int]]:
+    """record id → email ids in conversation order (Date, or arrival; then id)."""
+    emails, links = m.Email.__table__, m.Link.__table__
+    query = (
+        select(links.c.target_id, emails.c.id)
+        .join(emails, emails.c.id == links.c.email_id)
+        .where(links.c.kind == "record")
+        .order_by(links.c.target_id, emails.c.sort_at, emails.c.received_at, emails.c.id)
+    )
+    if record_ids is not None:
+        query = query.where(links.c.target_id.in_(record_ids))
+    out: dict[int, list[int]] = {}
+    for record_id, email_id in conn.execute(query):
+        out.setdefault(record_id, []).append(email_id)
+    return out
+
+
+def stage_changes(conn: Connection, record_ids: list[int] | None = None) -> Sequence[Row[Any]]:
+    """The stage changes (of ``record_ids`` when given), by record, then in order."""
+    table = m.StageChange.__table__
+    query = select(table).order_by(table.c.record_id, table.c.id)
+    if record_ids is not None:
+        query = query.where(table.c.record_id.in_(record_ids))
+    return conn.execute(query).all()
