@@ -1,7 +1,7 @@
 """Every private or undocumented library API the gateway leans on, in one list.
 
 Each entry names the distribution, the attribute as ``module:Qualified.name``, the
-code of ours that uses it, why, and the shape we rely on.  tests/test_private_api.py
+code of ours that uses it, why, and the shape we rely on.  tests/unit/test_private_api.py
 checks every entry against the installed versions, so an upgrade that moves one
 fails there, by name, instead of deep inside a delivery.  pyproject.toml caps each
 distribution listed here (other than the standard library) below its next minor

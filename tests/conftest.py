@@ -147,7 +147,7 @@ class RunningGateway:
 
     def submit(self, data: bytes, rcpts: list[str], *, login: str = "crm@zylker.example",
                password: str = "demo-only", mail_from: str | None = None):  # type: ignore[no-untyped-def]
-        """Submit as the CRM would: EHLO, AUTH, MAIL, RCPT..., DATA. Returns the Transaction."""
+        """Submit as the CRM would: EHLO, AUTH, MAIL, RCPT..., DATA. Returns the Replies."""
         from tests.helpers import submission_transaction
 
         return submission_transaction(self.submission_port, login, password, mail_from or login, rcpts, data)

@@ -53,7 +53,10 @@ class ServerThread:
 
 
 @dataclass
-class Transaction:
+class Replies:
+    """What the client heard in one mail transaction: MAIL's reply, each RCPT's, DATA's
+    (one per accepted recipient on LMTP)."""
+
     mail: tuple[int, bytes]
     rcpts: list[tuple[int, bytes]]
     data: list[tuple[int, bytes]]
@@ -79,9 +82,9 @@ def _quote(data: bytes) -> bytes:
 
 
 def _transaction(client: smtplib.SMTP, lmtp: bool, mail_from: str, rcpts: list[str], data: bytes,
-                 mail_options: tuple[str, ...] = (), raw: bool = False) -> Transaction:
+                 mail_options: tuple[str, ...] = (), raw: bool = False) -> Replies:
     mail = client.mail(mail_from, list(mail_options))
-    tx = Transaction(mail, [], [])
+    tx = Replies(mail, [], [])
     if mail[0] != 250:
         return tx
     for r in rcpts:
@@ -104,13 +107,13 @@ def _transaction(client: smtplib.SMTP, lmtp: bool, mail_from: str, rcpts: list[s
     return tx
 
 
-def lmtp_transaction(port: int, mail_from: str, rcpts: list[str], data: bytes, **kw: Any) -> Transaction:
+def lmtp_transaction(port: int, mail_from: str, rcpts: list[str], data: bytes, **kw: Any) -> Replies:
     with smtplib.LMTP("127.0.0.1", port, timeout=60) as client:
         client.ehlo_or_helo_if_needed()
         return _transaction(client, True, mail_from, rcpts, data, **kw)
 
 
-def smtp_transaction(port: int, mail_from: str, rcpts: list[str], data: bytes, **kw: Any) -> Transaction:
+def smtp_transaction(port: int, mail_from: str, rcpts: list[str], data: bytes, **kw: Any) -> Replies:
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         client.ehlo()
         return _transaction(client, False, mail_from, rcpts, data, **kw)
@@ -153,7 +156,7 @@ def message(
 
 
 def submission_transaction(port: int, login: str, password: str, mail_from: str, rcpts: list[str],
-                           data: bytes) -> Transaction:
+                           data: bytes) -> Replies:
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
         client.ehlo()
         client.login(login, password)

@@ -3,7 +3,7 @@ SubmissionSMTP -- and their chunked DATA reader.
 
 This is the one module of ours that touches aiosmtpd's private members (and one of
 asyncio's): each use carries a comment saying why, and gateway/private_api.py lists
-them all (tests/test_private_api.py checks the list against the installed library).
+them all (tests/unit/test_private_api.py checks the list against the installed library).
 The handlers (handler.py, submission.py) use aiosmtpd's public handler API only.
 
 GatewayProtocol, the base of the three:

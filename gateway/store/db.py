@@ -1,4 +1,9 @@
-"""Engines for SQLite (embedded default) and PostgreSQL, and schema upgrades.
+"""Engines for SQLite (embedded default) and PostgreSQL, transactions, schema upgrades.
+
+``Database`` is how the rest of the gateway writes: the caller opens the transaction
+(write, rolled_back, or a savepoint of the loop writer's batch) and passes the
+connection to the store functions, so what happens to a write is visible where it is
+made.
 
 SQLite: WAL so readers never wait for the writer; write transactions start with
 BEGIN IMMEDIATE so two writers queue on the lock (busy timeout) instead of failing

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Row, bindparam, select
 from gateway.message import ParsedMessage
 from gateway.store import models as m
 from gateway.store.prepared import PerDialect, Prepared
-from gateway.store.sql import insert_for, now
+from gateway.store.sql import insert_for, now, tenant_rows
 
 # Date headers this far ahead of arrival still count (clock skew).
 FUTURE_SKEW = timedelta(minutes=15)
@@ -108,25 +108,14 @@ def by_ids(conn: Connection, email_ids: list[int]) -> dict[int, Row[Any]]:
 def listing(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
     """Every email (of ``org_id`` when given) without its HTML body, by id."""
     e = m.Email.__table__
-    query = select(*[c for c in e.c if c.name not in ("html_body",)])
-    if org_id:
-        query = query.where(e.c.org_id == org_id)
-    return conn.execute(query.order_by(e.c.id)).all()
+    return tenant_rows(conn, select(*[c for c in e.c if c.name not in ("html_body",)]), e, org_id)
 
 
 def links(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
     """Every link of an email to a lead, contact or record (of ``org_id`` when given), by id."""
-    t = m.Link.__table__
-    query = select(t)
-    if org_id:
-        query = query.where(t.c.org_id == org_id)
-    return conn.execute(query.order_by(t.c.id)).all()
+    return tenant_rows(conn, select(m.Link.__table__), m.Link.__table__, org_id)
 
 
 def attachments(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
     """Every attachment's row (of ``org_id`` when given), by id."""
-    t = m.Attachment.__table__
-    query = select(t)
-    if org_id:
-        query = query.where(t.c.org_id == org_id)
-    return conn.execute(query.order_by(t.c.id)).all()
+    return tenant_rows(conn, select(m.Attachment.__table__), m.Attachment.__table__, org_id)

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Row, Table, bindparam, select
 from gateway.outcome import Kind, PersonWanted
 from gateway.store import models as m
 from gateway.store.prepared import PerDialect, Prepared
-from gateway.store.sql import insert_for, now
+from gateway.store.sql import insert_for, now, tenant_rows
 
 TABLES: dict[str, Table] = {"lead": m.Lead.__table__, "contact": m.Contact.__table__}  # type: ignore[dict-item]
 
@@ -74,8 +74,4 @@ def get(conn: Connection, kind: Kind, person_id: int) -> Row[Any]:
 
 def listing(conn: Connection, kind: Kind, org_id: str | None = None) -> Sequence[Row[Any]]:
     """Every lead or contact (of ``org_id`` when given), by id."""
-    t = TABLES[kind]
-    query = select(t)
-    if org_id:
-        query = query.where(t.c.org_id == org_id)
-    return conn.execute(query.order_by(t.c.id)).all()
+    return tenant_rows(conn, select(TABLES[kind]), TABLES[kind], org_id)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from sqlalchemy import Connection, Row, func, select, update
 
 from gateway.store import models as m
-from gateway.store.sql import insert_for, now
+from gateway.store.sql import insert_for, now, tenant_rows
 
 _FAILURES, _QUARANTINE = m.DeliveryFailure.__table__, m.Quarantined.__table__
 
@@ -52,10 +52,8 @@ def listing(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
     table = _QUARANTINE
     query = select(table.c.id, table.c.org_id, table.c.route, table.c.route_ref, table.c.message_key,
                    table.c.envelope_sender, table.c.attempts, table.c.error, table.c.created_at,
-                   table.c.replayed_at, table.c.replay_email_id).order_by(table.c.id)
-    if org_id:
-        query = query.where(table.c.org_id == org_id)
-    return conn.execute(query).all()
+                   table.c.replayed_at, table.c.replay_email_id)
+    return tenant_rows(conn, query, table, org_id)
 
 
 def get(conn: Connection, quarantine_id: int) -> Row[Any] | None:

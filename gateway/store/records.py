@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Sequence
 from sqlalchemy import Connection, Row, select, update
 
 from gateway.store import models as m
-from gateway.store.sql import insert_for, now
+from gateway.store.sql import insert_for, now, tenant_rows
 
 _RECORDS, _PIPES, _CONTACTS = m.Record.__table__, m.Pipeline.__table__, m.Contact.__table__
 
@@ -91,9 +91,7 @@ def with_pipeline(conn: Connection, record_id: int) -> Row[Any] | None:
 def listing(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
     """Every record (of ``org_id`` when given) with its pipeline's name as ``pipeline``, by id."""
     query = select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
-    if org_id:
-        query = query.where(_RECORDS.c.org_id == org_id)
-    return conn.execute(query.order_by(_RECORDS.c.id)).all()
+    return tenant_rows(conn, query, _RECORDS, org_id)
 
 
 def conversation_order(conn: Connection, record_ids: list[int] | None = None) -> dict[int, list[int]]:

@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 
 from gateway.private_api import PRIVATE_USES, PrivateUse, resolve, shape_of
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- live objects, for attributes that exist on instances only -------------------------
