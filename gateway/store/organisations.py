@@ -3,7 +3,7 @@ the rest of the store; users and pipelines that left the rules marked inactive).
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Column, Connection, Table, select, update
 
 from gateway.rules.index import RuleIndex
 from gateway.store import dropboxes
@@ -21,8 +21,6 @@ def sync_rules(conn: Connection, index: RuleIndex) -> RuleIndex:
     orgs = m.Organisation.__table__
     users = m.User.__table__
     pipes = m.Pipeline.__table__
-    user_ids: dict[tuple[str, str], int] = {}
-    pipe_ids: dict[tuple[str, str], int] = {}
     for org in index.orgs.values():
         stmt = insert_for(conn, orgs).values(id=org.id, name=org.name, timezone=org.timezone, active=True)
         conn.execute(stmt.on_conflict_do_update(
@@ -35,18 +33,10 @@ def sync_rules(conn: Connection, index: RuleIndex) -> RuleIndex:
             stmt = insert_for(conn, pipes).values(org_id=org.id, name=p.name, active=True)
             conn.execute(stmt.on_conflict_do_update(index_elements=["org_id", "name"], set_={"active": True}))
     known = set(index.orgs)
-    for row in conn.execute(select(users.c.id, users.c.org_id, users.c.email, users.c.active)):
-        org = index.orgs.get(row.org_id)
-        if org and row.email in org.users:
-            user_ids[(row.org_id, row.email)] = row.id
-        elif row.active:
-            conn.execute(update(users).where(users.c.id == row.id).values(active=False))
-    for row in conn.execute(select(pipes.c.id, pipes.c.org_id, pipes.c.name, pipes.c.active)):
-        org = index.orgs.get(row.org_id)
-        if org and row.name in org.pipelines:
-            pipe_ids[(row.org_id, row.name)] = row.id
-        elif row.active:
-            conn.execute(update(pipes).where(pipes.c.id == row.id).values(active=False))
+    user_ids = _ids_or_inactive(conn, users, users.c.email,
+                                {(org.id, email) for org in index.orgs.values() for email in org.users})
+    pipe_ids = _ids_or_inactive(conn, pipes, pipes.c.name,
+                                {(org.id, name) for org in index.orgs.values() for name in org.pipelines})
     conn.execute(update(orgs).where(orgs.c.id.not_in(known)).values(active=False))
     bound = index.with_ids(user_ids, pipe_ids)
     for org in bound.orgs.values():
@@ -54,3 +44,16 @@ def sync_rules(conn: Connection, index: RuleIndex) -> RuleIndex:
             if u.dropbox_allowed and u.id is not None:
                 dropboxes.ensure(conn, org.id, u.id)
     return bound
+
+
+def _ids_or_inactive(conn: Connection, table: Table, name: Column[str],
+                     named: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The ids of the rows the rules name ((organisation, name) -> id); the other rows
+    of ``table`` are marked inactive (their mail and records keep pointing at them)."""
+    ids: dict[tuple[str, str], int] = {}
+    for row_id, org_id, row_name, active in conn.execute(select(table.c.id, table.c.org_id, name, table.c.active)):
+        if (org_id, row_name) in named:
+            ids[(org_id, row_name)] = row_id
+        elif active:
+            conn.execute(update(table).where(table.c.id == row_id).values(active=False))
+    return ids
