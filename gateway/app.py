@@ -97,6 +97,10 @@ class App:
     _database_probe: Any = None
     _probe_thread: ThreadPoolExecutor | None = None
     _quarantine_orgs: set[str] = field(default_factory=set)
+    # The CRM's HTTP API (listeners.api): its server, task and shared context.
+    api: Any = None
+    api_context: Any = None
+    _api_task: Any = None
 
     @property
     def engine(self) -> Engine | None:
@@ -156,11 +160,35 @@ class App:
             self.bound["metrics"] = self.probes.address
             QUOTA.source = self.quota_report
             log.info("listening", listener="metrics", host=self.probes.address[0], port=self.probes.address[1])
+        if s.listeners.api:
+            await self._start_api(*parse_listen(s.listeners.api))
         await loop.run_in_executor(None, self._postfix_map)
         if s.limits.rules_poll_seconds > 0:
             self._tasks.append(loop.create_task(self._watch_rules()))
         await self._start_database_probe()
         metrics.up.set(1)
+
+    async def _start_api(self, host: str, port: int) -> None:
+        """The CRM's HTTP API (gateway/api/), served on this loop by uvicorn."""
+        import socket
+
+        from gateway.api.app import build_app
+        from gateway.api.context import ApiContext
+        from gateway.api.server import ApiServer
+
+        assert self.database is not None and self.deliveries is not None
+        deliveries = self.deliveries
+        try:
+            sock = socket.create_server((host, port), reuse_port=False)
+        except OSError as exc:
+            raise _cannot_listen("api", host, port, exc) from exc
+        sock.setblocking(False)
+        self.api_context = ApiContext(self.database, lambda: deliveries.rules)
+        self.api = ApiServer(build_app(self.api_context), sock)
+        self._api_task = asyncio.get_running_loop().create_task(self.api.serve())
+        address = sock.getsockname()
+        self.bound["api"] = (address[0], address[1])
+        log.info("listening", listener="api", host=address[0], port=address[1])
 
     async def _listen(self, name: str, factory, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
@@ -335,6 +363,10 @@ class App:
         self.servers.clear()
         if self.submission is not None:
             await self.submission.drain()
+        if self.api is not None:
+            self.api.stop()
+            await asyncio.wait([self._api_task], timeout=grace)
+            self.api_context.shutdown()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
         if self.deliveries is not None and self.deliveries.writer is not None:

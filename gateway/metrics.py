@@ -45,6 +45,8 @@ DB_OPERATIONS = (
     "relay_record_lookup",  # submission: the record a reply belongs to
     "relay_store",          # submission: keep the relayed message
     "probe",                # the periodic database probe (gateway_database_up)
+    "api_read",             # an API request's reads (GET)
+    "api_write",            # an API request's transaction (POST, PATCH, DELETE)
 )
 
 _SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 20971520)

@@ -99,6 +99,8 @@ class DropboxPlan:
     creates: Kind
     customers: tuple[str, ...]
     wanted: tuple[PersonWanted, ...]
+    # The user's sharing setting now (SPEC 2.12), kept with the email.
+    visibility: str = "private"
 
 
 @dataclass(frozen=True)

@@ -100,9 +100,14 @@ def release(conn: Connection, reservation: Reservation) -> None:
 
 
 def status(engine: Engine, org: OrgEntry, at: datetime | None = None) -> dict[str, object]:
-    day = local_day(org.timezone, at)
     with engine.connect() as conn:
-        used = store_quota.used(conn, org.id, day)
+        return status_on(conn, org, at)
+
+
+def status_on(conn: Connection, org: OrgEntry, at: datetime | None = None) -> dict[str, object]:
+    """Per class: limit, used, remaining; the local day and the next reset."""
+    day = local_day(org.timezone, at)
+    used = store_quota.used(conn, org.id, day)
     reset = next_reset(org.timezone, at)
     classes = {}
     for mail_class in CLASSES:

@@ -10,6 +10,7 @@ overridden per run from the environment (documented in the README):
     GATEWAY_SUBMISSION_LISTEN  listeners.submission  (host:port)
     GATEWAY_RELAY_URL          relay.url             (smtp://host:port, smtps://, user:password@)
     GATEWAY_METRICS_LISTEN     listeners.metrics     (host:port: /metrics, /healthz, /readyz)
+    GATEWAY_API_LISTEN         listeners.api         (host:port: the CRM's HTTP API, /v1)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ENV_OVERRIDES = {
     "GATEWAY_SUBMISSION_LISTEN": ("listeners", "submission"),
     "GATEWAY_RELAY_URL": ("relay", "url"),
     "GATEWAY_METRICS_LISTEN": ("listeners", "metrics"),
+    "GATEWAY_API_LISTEN": ("listeners", "api"),
 }
 
 DEFAULT_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
@@ -53,8 +55,10 @@ class Listeners(_Strict):
     submission: str | None = None
     # Prometheus /metrics and the /healthz and /readyz probes.
     metrics: str | None = None
+    # The CRM's HTTP API (/v1, bearer tokens per organisation: `gateway token create`).
+    api: str | None = None
 
-    @field_validator("lmtp", "smtp", "submission", "metrics")
+    @field_validator("lmtp", "smtp", "submission", "metrics", "api")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value in (None, "", "off"):

@@ -105,6 +105,7 @@ class RunningGateway:
             "GATEWAY_SMTP_LISTEN": "127.0.0.1:0",
             "GATEWAY_SUBMISSION_LISTEN": "127.0.0.1:0",
             "GATEWAY_METRICS_LISTEN": "127.0.0.1:0",
+            "GATEWAY_API_LISTEN": "127.0.0.1:0",
             "GATEWAY_RELAY_URL": relay_url,
         }
         self.thread: ServerThread | None = None
@@ -144,6 +145,25 @@ class RunningGateway:
     @property
     def submission_port(self) -> int:
         return self.app.bound["submission"][1]
+
+    @property
+    def api_port(self) -> int:
+        return self.app.bound["api"][1]
+
+    def token(self, org: str = "zylker", *, scope: str = "write", user: str | None = None,
+              name: str = "test") -> str:
+        """A new API token (as `gateway token create` makes one, in-process)."""
+        from gateway.store import tokens
+
+        user_id = self.app.deliveries.rules.orgs[org].users[user].id if user else None
+        return self.app.database.writing(tokens.create, org, name, scope, user_id)[1]
+
+    def api(self, token: str | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+        """An HTTP client of the API (/v1), with the bearer token when given."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.api_port}/v1", headers=headers, timeout=30, **kw)
 
     def submit(self, data: bytes, rcpts: list[str], *, login: str = "crm@zylker.example",
                password: str = "demo-only", mail_from: str | None = None):  # type: ignore[no-untyped-def]

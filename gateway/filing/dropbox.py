@@ -35,4 +35,5 @@ def plan(rules: RuleIndex, route: DropboxRoute, parsed: ParsedMessage, envelope_
         search=user.search, creates=user.creates, customers=tuple(found),
         # Sorted, so concurrent filings take row locks in one order (no deadlock).
         wanted=tuple(PersonWanted(a, _SEARCH[user.search], user.creates) for a in sorted(found)),
+        visibility=user.sharing,
     )

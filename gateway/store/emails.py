@@ -19,7 +19,7 @@ FUTURE_SKEW = timedelta(minutes=15)
 
 EMAIL_KEYS = ("org_id", "message_id", "subject", "from_name", "from_address", "to_addresses", "cc_addresses",
               "date", "received_at", "sort_at", "kind", "direction", "source", "filed_by_user_id", "text_body",
-              "html_body", "size", "digest", "in_reply_to", "references")
+              "html_body", "size", "digest", "in_reply_to", "references", "visibility")
 
 
 def sort_time(parsed: ParsedMessage, arrived: datetime) -> datetime:
@@ -48,8 +48,10 @@ _stmts = PerDialect(_Statements)
 
 
 def store(conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None,
-          kind: str = "message") -> int:
-    """Store a message (with its raw bytes and attachment list); its id."""
+          kind: str = "message", visibility: str = "public") -> int:
+    """Store a message (with its raw bytes and attachment list); its id.  ``visibility``:
+    the filing user's sharing setting (SPEC 2.12); mail no user filed is public within
+    the organisation."""
     st = _stmts(conn)
     arrived = now()
     email_id = st.email.scalar(conn, {
@@ -73,6 +75,7 @@ def store(conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direc
         "digest": p.digest,
         "in_reply_to": list(p.in_reply_to),
         "references": list(p.references),
+        "visibility": visibility,
     })
     assert email_id is not None
     st.raw.run(conn, {"email_id": email_id, "org_id": org_id, "content": p.raw})

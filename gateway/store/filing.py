@@ -49,7 +49,8 @@ def _dropbox(conn: Connection, parsed: ParsedMessage, plan: DropboxPlan) -> Fili
     for wanted in plan.wanted:  # sorted by address: row locks in one order
         kind, person_id, action = people.find_or_create(conn, plan.org_id, wanted, plan.user_id, "dropbox")
         found.append(Person(wanted.address, kind, person_id, action))  # type: ignore[arg-type]
-    email_id = emails.store(conn, plan.org_id, parsed, source="dropbox", direction="inbound", filed_by=plan.user_id)
+    email_id = emails.store(conn, plan.org_id, parsed, source="dropbox", direction="inbound", filed_by=plan.user_id,
+                            visibility=plan.visibility)
     for person in found:
         assert person.id is not None
         emails.link(conn, plan.org_id, email_id, person.kind, person.id)

@@ -87,16 +87,27 @@ class _Person:
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     source: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The CRM's own id (API and import), unique per organisation when given.
+    external_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Lead(_Person, Base):
     __tablename__ = "leads"
-    __table_args__ = (UniqueConstraint("org_id", "email"),)
+    __table_args__ = (
+        UniqueConstraint("org_id", "email"),
+        Index("uq_leads_org_id_external_id", "org_id", "external_id", unique=True),
+        Index("ix_leads_org_id_updated_at", "org_id", "updated_at"),
+    )
 
 
 class Contact(_Person, Base):
     __tablename__ = "contacts"
-    __table_args__ = (UniqueConstraint("org_id", "email"),)
+    __table_args__ = (
+        UniqueConstraint("org_id", "email"),
+        Index("uq_contacts_org_id_external_id", "org_id", "external_id", unique=True),
+        Index("ix_contacts_org_id_updated_at", "org_id", "updated_at"),
+    )
 
 
 class Pipeline(Base):
@@ -137,6 +148,8 @@ class StageChange(Base):
     # created | reply | manual
     cause: Mapped[str] = mapped_column(String(32))
     email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)
+    # Who moved it, when a person did (an API token's name).
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class Participant(Base):
@@ -177,6 +190,9 @@ class Email(Base):
     references: Mapped[list] = mapped_column(JSON, default=list)
     # message | auto_reply | bounce | loop (SPEC 3 / issue 3: noise never reopens)
     kind: Mapped[str] = mapped_column(String(16), default="message", server_default="message")
+    # private | custom | public: the filing user's sharing setting at filing time
+    # (SPEC 2.12); alias and outbound mail are public within the organisation.
+    visibility: Mapped[str] = mapped_column(String(10), server_default="public")
     # Conversation order: Date, or arrival when Date is missing, bad or in the future.
     sort_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -278,3 +294,18 @@ class Delivery(Base):
     email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)
     decision: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token of the CRM's API: per organisation, optionally bound to a user
+    (then it sees what that user may see), read or write.  Only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    scope: Mapped[str] = mapped_column(String(8))  # read | write
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,40 @@
+"""Bearer tokens (`gateway token create`): who a request speaks for.
+
+No, unknown or revoked token: 401.  A read token on a write endpoint: 403.  Anything
+of another organisation: 404 (the routes look everything up within the token's
+organisation, so another organisation's ids simply do not exist for it)."""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+
+from gateway.api.context import ApiContext
+from gateway.api.problems import Problem
+from gateway.store import tokens
+from gateway.store.tokens import Principal
+
+_SCHEME = "bearer "
+
+
+def context(request: Request) -> ApiContext:
+    return request.app.state.context  # type: ignore[no-any-return]
+
+
+async def principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith(_SCHEME) or not header[len(_SCHEME):].strip():
+        raise Problem(401, "send Authorization: Bearer <token> (create one with `gateway token create`)")
+    token = header[len(_SCHEME):].strip()
+    if len(token) > 200:
+        raise Problem(401, "unknown or revoked token")
+    ctx = context(request)
+    found = await ctx.read(tokens.principal, token)
+    if found is None or found.org_id not in ctx.rules.orgs:  # an organisation gone from the rules: its tokens too
+        raise Problem(401, "unknown or revoked token")
+    return found
+
+
+async def writer(who: Principal = Depends(principal)) -> Principal:
+    if who.scope != "write":
+        raise Problem(403, f"token {who.name!r} has the read scope; this needs a write token")
+    return who

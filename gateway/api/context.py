@@ -1,0 +1,56 @@
+"""What the API's routes share: the database, the current rules, and a thread pool of
+its own for database work (the event loop also serves SMTP/LMTP sessions and must
+never wait on the database; a separate pool keeps a 10,000-row listing from taking
+the filing workers)."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import sqlalchemy.exc
+
+from gateway import metrics
+from gateway.api.problems import Problem
+from gateway.rules.index import RuleIndex
+from gateway.store.db import Database
+
+T = TypeVar("T")
+
+
+class ApiContext:
+    def __init__(self, database: Database, rules: Callable[[], RuleIndex], threads: int = 2):
+        self.database = database
+        self._rules = rules
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-api")
+
+    @property
+    def rules(self) -> RuleIndex:
+        """The rules now (a reload swaps them; a request uses the ones it started with)."""
+        return self._rules()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) on a read connection, in the API's threads."""
+        return await self._run("api_read", self.database.reading, fn, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) in a write transaction (committed on success), in the API's threads."""
+        return await self._run("api_write", self.database.writing, fn, *args)
+
+    async def _run(self, operation: str, how: Callable[..., T], fn: Callable[..., Any], *args: Any) -> T:
+        histogram = metrics.db_duration.labels(operation=operation)
+
+        def job() -> T:
+            with histogram.time():
+                return how(fn, *args)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
+            raise Problem(503, f"database unavailable ({type(exc).__name__}: {first}); retry later") from exc
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+

@@ -1,0 +1,14 @@
+"""The API's resources, one module each; ROUTERS is what gateway/api/app.py mounts under /v1.
+
+    account.py   /quota
+    people.py    /contacts, /leads (list, get, create-or-update, delete, NDJSON import)
+    emails.py    /emails (list, get, raw, attachments), sharing enforced
+    records.py   /records (list, get, PATCH stage/owner/tags)
+    users.py     /users/{email}/dropbox (address, regenerate, vCard)
+"""
+
+from __future__ import annotations
+
+from gateway.api.routes import account, emails, people, records, users
+
+ROUTERS = [account.router, people.router, emails.router, records.router, users.router]

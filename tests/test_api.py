@@ -1,0 +1,50 @@
+"""The CRM's HTTP API over real HTTP against the running daemon: the listener, the
+OpenAPI document, tokens (401/403/404), problem documents."""
+
+from __future__ import annotations
+
+import json
+
+PROBLEM = "application/problem+json"
+
+
+def test_openapi_document_is_served_and_generated_from_the_code(gw):
+    with gw.api() as api:
+        r = api.get("/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"].startswith("3.1") and "/v1/quota" in doc["paths"]
+
+
+def test_no_unknown_or_revoked_token_is_401_problem(gw):
+    with gw.api() as api:
+        r = api.get("/quota")
+    assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+    assert "Bearer" in r.json()["detail"] and r.headers["www-authenticate"].startswith("Bearer")
+    with gw.api("gwt_not-a-token") as api:
+        assert api.get("/quota").status_code == 401
+    out = json.loads(gw.cli("token", "create", "--org", "zylker", "--name", "crm", "--json").stdout)
+    assert set(out) == {"id", "name", "org", "user", "scope", "token"} and out["scope"] == "read"
+    with gw.api(out["token"]) as api:
+        assert api.get("/quota").status_code == 200
+        listed = json.loads(gw.cli("token", "list", "--org", "zylker", "--json").stdout)
+        assert [t["name"] for t in listed] == ["crm"] and "token" not in listed[0]
+        gw.cli("token", "revoke", str(out["id"]))
+        r = api.get("/quota")
+    assert r.status_code == 401 and r.json()["detail"] == "unknown or revoked token"
+
+
+def test_quota_is_the_tokens_organisations(gw):
+    with gw.api(gw.token("lumen", scope="read")) as api:
+        r = api.get("/quota")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["org"] == "lumen" and body["classes"]["individual"]["limit"] == 50
+    assert body == json.loads(gw.cli("quota", "status", "--org", "lumen", "--json").stdout)
+
+
+def test_unknown_endpoint_is_a_404_problem(gw):
+    with gw.api(gw.token()) as api:
+        r = api.get("/nope")
+    assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+    assert "no such endpoint" in r.json()["detail"]
