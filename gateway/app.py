@@ -183,7 +183,7 @@ class App:
         except OSError as exc:
             raise _cannot_listen("api", host, port, exc) from exc
         sock.setblocking(False)
-        self.api_context = ApiContext(self.database, lambda: deliveries.rules)
+        self.api_context = ApiContext(self.database, lambda: deliveries.rules, recipients_changed=self._postfix_map)
         self.api = ApiServer(build_app(self.api_context), sock)
         self._api_task = asyncio.get_running_loop().create_task(self.api.serve())
         address = sock.getsockname()

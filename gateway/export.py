@@ -40,7 +40,8 @@ def export(engine: Engine, org_id: str | None = None) -> dict[str, Any]:
                 "id": r.id, "org": r.org_id, "message_id": r.message_id, "subject": r.subject,
                 "from": r.from_address, "from_name": r.from_name, "to": r.to_addresses, "cc": r.cc_addresses,
                 "date": _ts(r.date), "received_at": _ts(r.received_at), "direction": r.direction,
-                "source": r.source, "kind": r.kind, "filed_by": owners.get(r.filed_by_user_id), "size": r.size,
+                "source": r.source, "kind": r.kind, "filed_by": owners.get(r.filed_by_user_id),
+                "visibility": r.visibility, "size": r.size,
                 "links": email_links.get(r.id, []), "attachments": email_atts.get(r.id, []),
             }
             for r in store_emails.listing(conn, org_id)

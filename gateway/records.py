@@ -1,12 +1,13 @@
-"""Pipeline records as administrators and scripts see them: show, export, move,
-and the text `gateway record` prints (render_show, render_move).  The rows come
-from the store (gateway/store/records.py and the modules of the other aggregates);
-here they become the documents and text."""
+"""Pipeline records as administrators, scripts and the API see them: show, export,
+move, edit (stage, owner, tags), a page of summaries, and the text `gateway record`
+prints (render_show, render_move).  The rows come from the store
+(gateway/store/records.py and the modules of the other aggregates); here they become
+the documents and text."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, Engine
 
@@ -38,8 +39,10 @@ def conversation_order(conn: Connection, record_ids: list[int] | None = None) ->
 def stage_history(conn: Connection, record_ids: list[int] | None = None) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for r in store_records.stage_changes(conn, record_ids):
-        out.setdefault(r.record_id, []).append(
-            {"from": r.from_stage, "to": r.to_stage, "at": ts(r.at), "cause": r.cause, "email_id": r.email_id})
+        entry = {"from": r.from_stage, "to": r.to_stage, "at": ts(r.at), "cause": r.cause, "email_id": r.email_id}
+        if r.actor is not None:  # a person's move (API): who; the entries before it keep their shape
+            entry["actor"] = r.actor
+        out.setdefault(r.record_id, []).append(entry)
     return out
 
 
@@ -60,40 +63,45 @@ def export_records(conn: Connection, org_id: str | None, owners: dict[int, str])
 
 def show(engine: Engine, rules: RuleIndex, record_id: int) -> dict[str, Any] | None:
     with engine.connect() as conn:
-        row = store_records.with_pipeline(conn, record_id)
-        if row is None:
-            return None
-        owner = store_users.email(conn, row.owner_id)
-        contact = None
-        if row.contact_id is not None:
-            c = store_people.get(conn, "contact", row.contact_id)
-            contact = {"id": c.id, "email": c.email, "first_name": c.first_name, "last_name": c.last_name}
-        ids = conversation_order(conn, [record_id]).get(record_id, [])
-        by_id = store_emails.by_ids(conn, ids) if ids else {}
-        conversation = [
-            {
-                "id": i, "date": ts(by_id[i].date), "sort_at": ts(by_id[i].sort_at), "from": by_id[i].from_address,
-                "subject": by_id[i].subject, "direction": by_id[i].direction, "kind": by_id[i].kind,
-                "message_id": by_id[i].message_id,
-            }
-            for i in ids
-        ]
-        decisions = [
-            # Read back as the typed outcome and shown as it serialises (gateway/outcome.py).
-            {"email_id": d.email_id, "at": ts(d.created_at), **decision_json(decision_from_json(d.decision))}
-            for d in deliveries.decisions(conn, ids)
-        ] if ids else []
-        org = rules.orgs.get(row.org_id)
-        pipe = org.pipelines.get(row.pipeline) if org else None
-        token = record_token(org, row.pipeline, row.id) if org and pipe else None
-        return {
-            "id": row.id, "org": row.org_id, "pipeline": row.pipeline, "stage": row.stage, "title": row.title,
-            "token": token, "owner": owner, "tags": row.tags, "contact": contact,
-            "created_at": ts(row.created_at), "updated_at": ts(row.updated_at),
-            "conversation": conversation,
-            "stage_history": stage_history(conn, [record_id]).get(record_id, []),
-            "decisions": decisions,
+        return show_on(conn, rules, record_id)
+
+
+def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | None = None) -> dict[str, Any] | None:
+    """What `gateway record show --json` prints (None: no such record, of ``org_id`` when given)."""
+    row = store_records.with_pipeline(conn, record_id)
+    if row is None or (org_id is not None and row.org_id != org_id):
+        return None
+    owner = store_users.email(conn, row.owner_id)
+    contact = None
+    if row.contact_id is not None:
+        c = store_people.get(conn, "contact", row.contact_id)
+        contact = {"id": c.id, "email": c.email, "first_name": c.first_name, "last_name": c.last_name}
+    ids = conversation_order(conn, [record_id]).get(record_id, [])
+    by_id = store_emails.by_ids(conn, ids) if ids else {}
+    conversation = [
+        {
+            "id": i, "date": ts(by_id[i].date), "sort_at": ts(by_id[i].sort_at), "from": by_id[i].from_address,
+            "subject": by_id[i].subject, "direction": by_id[i].direction, "kind": by_id[i].kind,
+            "message_id": by_id[i].message_id,
         }
+        for i in ids
+    ]
+    decisions = [
+        # Read back as the typed outcome and shown as it serialises (gateway/outcome.py).
+        {"email_id": d.email_id, "at": ts(d.created_at), **decision_json(decision_from_json(d.decision))}
+        for d in deliveries.decisions(conn, ids)
+    ] if ids else []
+    org = rules.orgs.get(row.org_id)
+    pipe = org.pipelines.get(row.pipeline) if org else None
+    token = record_token(org, row.pipeline, row.id) if org and pipe else None
+    return {
+        "id": row.id, "org": row.org_id, "pipeline": row.pipeline, "stage": row.stage, "title": row.title,
+        "token": token, "owner": owner, "tags": row.tags, "contact": contact,
+        "created_at": ts(row.created_at), "updated_at": ts(row.updated_at),
+        "conversation": conversation,
+        "stage_history": stage_history(conn, [record_id]).get(record_id, []),
+        "decisions": decisions,
+    }
 
 
 def render_show(shown: dict[str, Any]) -> str:
@@ -114,7 +122,8 @@ def render_show(shown: dict[str, Any]) -> str:
         lines.append(f"    {e['sort_at']}  {arrow} {e['from']}  {e['subject']}{mark}  (email {e['id']})")
     lines.append("  stage history:")
     for h in shown["stage_history"]:
-        lines.append(f"    {h['at']}  {h['from'] or '-'} -> {h['to']}  ({h['cause']})")
+        who = f" by {h['actor']}" if h.get("actor") else ""
+        lines.append(f"    {h['at']}  {h['from'] or '-'} -> {h['to']}  ({h['cause']}{who})")
     lines.append("  decisions:")
     for d in shown["decisions"]:
         thread = d.get("thread") or {}
@@ -135,28 +144,110 @@ def render_show(shown: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class StageError(UserError):
-    pass
+class RecordChangeError(UserError):
+    """A change of a record the rules do not allow: ``field`` names what, ``allowed``
+    the values that would do (also named in the message)."""
+
+    def __init__(self, field: str, message: str, allowed: Iterable[str] = ()):
+        super().__init__(message)
+        self.field, self.allowed = field, tuple(allowed)
 
 
-def move(conn: Connection, rules: RuleIndex, record_id: int, stage: str, cause: str = "manual") -> dict[str, Any]:
-    """Move a record to a stage of its pipeline, keeping the history.  The record row
-    stays locked from the read to the change, so the history records the stage it
-    really left."""
+class StageError(RecordChangeError):
+    def __init__(self, message: str, allowed: Iterable[str] = ()):
+        super().__init__("stage", message, allowed)
+
+
+def _check_stage(rules: RuleIndex, org_id: str, pipeline: str, record_id: int, stage: str) -> None:
+    org = rules.orgs.get(org_id)
+    pipe = org.pipelines.get(pipeline) if org else None
+    if pipe is None:
+        raise StageError(f"pipeline {pipeline!r} of record {record_id} is no longer in the rules")
+    if stage not in pipe.stages:
+        raise StageError(f"{stage!r} is not a stage of {pipe.name} (stages: {', '.join(pipe.stages)})", pipe.stages)
+
+
+def move(conn: Connection, rules: RuleIndex, record_id: int, stage: str, cause: str = "manual", *,
+         actor: str | None = None) -> dict[str, Any]:
+    """Move a record to a stage of its pipeline, keeping the history (``actor``: who
+    moved it, when a person did).  The record row stays locked from the read to the
+    change, so the history records the stage it really left."""
     row = store_records.get(conn, record_id, lock=True)
     if row is None:
         raise StageError(f"no record {record_id}")
-    org = rules.orgs.get(row.org_id)
-    pipe = org.pipelines.get(row.pipeline) if org else None
-    if pipe is None:
-        raise StageError(f"pipeline {row.pipeline!r} of record {record_id} is no longer in the rules")
-    if stage not in pipe.stages:
-        raise StageError(f"{stage!r} is not a stage of {pipe.name} (stages: {', '.join(pipe.stages)})")
+    _check_stage(rules, row.org_id, row.pipeline, record_id, stage)
     if row.stage == stage:
         return {"id": record_id, "from": stage, "to": stage, "changed": False}
     store_records.set_stage(conn, record_id, stage)
-    store_records.add_stage_change(conn, row.org_id, record_id, row.stage, stage, cause)
+    store_records.add_stage_change(conn, row.org_id, record_id, row.stage, stage, cause, actor=actor)
     return {"id": record_id, "from": row.stage, "to": stage, "changed": True}
+
+
+def edit(conn: Connection, rules: RuleIndex, org_id: str, record_id: int, changes: Mapping[str, Any],
+         actor: str) -> list[str] | None:
+    """Change ``org_id``'s record: ``changes`` holds any of ``stage`` (of its pipeline),
+    ``owner`` (an active user's address; None: no owner) and ``tags`` (a list; a tag
+    given twice is kept once).  Everything is checked before anything is written, and
+    only what differs is written (a stage change joins the history with ``actor``;
+    updated_at moves).  Returns the fields that changed; None: no such record."""
+    row = store_records.editable(conn, record_id, org_id)
+    if row is None:
+        return None
+    stage, owner_id, tags = row.stage, row.owner_id, list(row.tags or [])
+    if "stage" in changes:
+        stage = changes["stage"]
+        _check_stage(rules, org_id, row.pipeline, record_id, stage)
+    if "owner" in changes:
+        owner_id = None if changes["owner"] is None else _owner_id(rules, org_id, changes["owner"])
+    if "tags" in changes:
+        tags = list(dict.fromkeys(changes["tags"]))
+    changed = []
+    if stage != row.stage:
+        store_records.set_stage(conn, record_id, stage)
+        store_records.add_stage_change(conn, org_id, record_id, row.stage, stage, "manual", actor=actor)
+        changed.append("stage")
+    if owner_id != row.owner_id:
+        store_records.set_owner(conn, record_id, owner_id)
+        changed.append("owner")
+    if tags != list(row.tags or []):
+        store_records.set_tags(conn, record_id, tags)
+        changed.append("tags")
+    return changed
+
+
+def _owner_id(rules: RuleIndex, org_id: str, address: str) -> int:
+    from gateway.addresses import normalise
+
+    org = rules.orgs[org_id]
+    user = org.users.get(normalise(address))
+    if user is None or not user.active or user.id is None:
+        allowed = sorted(u.email for u in org.users.values() if u.active and u.id is not None)
+        raise RecordChangeError("owner", f"{address!r} is not an active user of {org_id} (users: {', '.join(allowed)})",
+                                allowed)
+    return user.id
+
+
+def summaries(conn: Connection, rules: RuleIndex, org_id: str, *, after: int, limit: int,
+              pipeline: str | None = None, stage: str | None = None,
+              updated_since: datetime | None = None) -> list[dict[str, Any]]:
+    """Up to ``limit`` of ``org_id``'s records after the id ``after``, by id: each as
+    show() has it without conversation, history and decisions (``contact_id`` for the
+    contact).  ``updated_since`` (inclusive) without a time zone is taken as UTC."""
+    if updated_since is not None:
+        updated_since = (updated_since.replace(tzinfo=timezone.utc) if updated_since.tzinfo is None
+                         else updated_since.astimezone(timezone.utc))
+    org = rules.orgs.get(org_id)
+    rows = store_records.page(conn, org_id, after=after, limit=limit, pipeline=pipeline, stage=stage,
+                              updated_since=updated_since)
+    return [
+        {
+            "id": r.id, "org": r.org_id, "pipeline": r.pipeline, "stage": r.stage, "title": r.title,
+            "token": record_token(org, r.pipeline, r.id) if org and r.pipeline in org.pipelines else None,
+            "owner": r.owner, "tags": r.tags, "contact_id": r.contact_id,
+            "created_at": ts(r.created_at), "updated_at": ts(r.updated_at),
+        }
+        for r in rows
+    ]
 
 
 def render_move(moved: dict[str, Any]) -> str:

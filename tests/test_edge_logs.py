@@ -48,6 +48,7 @@ class Daemon:
         self.ports = {name: free_port() for name in ("lmtp", "smtp", "submission")}
         self.log = log
         env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_METRICS_LISTEN": "off",
+               "GATEWAY_API_LISTEN": "off",
                "GATEWAY_RELAY_URL": f"smtp://127.0.0.1:{relay_port}"}
         env.update({f"GATEWAY_{name.upper()}_LISTEN": f"127.0.0.1:{port}" for name, port in self.ports.items()})
         self.proc = serve_process(config_dir / "gateway.toml", env, log)

@@ -207,7 +207,8 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
 
 def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}",
-           "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off"}
+           "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
+           "GATEWAY_API_LISTEN": "off"}
     proc = serve_process(config_dir / "gateway.toml", env, log)
     wait_port(lmtp, proc, log)
     return proc

@@ -224,7 +224,8 @@ class Daemon:
         self.config = str(config_dir / "gateway.toml")
         self.env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
                     "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{self.lmtp}", "GATEWAY_SMTP_LISTEN": "off",
-                    "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": f"127.0.0.1:{self.metrics}"}
+                    "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": f"127.0.0.1:{self.metrics}",
+                    "GATEWAY_API_LISTEN": "off"}
         self.log = log
 
     def start(self) -> "Daemon":

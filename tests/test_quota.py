@@ -79,6 +79,7 @@ def test_three_processes_never_exceed_the_bucket(config_dir, database_url, sink,
             port = free_port()
             env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
                    "GATEWAY_LMTP_LISTEN": "off", "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
+                   "GATEWAY_API_LISTEN": "off",
                    "GATEWAY_SUBMISSION_LISTEN": f"127.0.0.1:{port}",
                    "GATEWAY_RELAY_URL": f"smtp://127.0.0.1:{sink.port}"}
             procs.append(serve_process(config_dir / "gateway.toml", env, tmp_path / f"serve{n}.log"))

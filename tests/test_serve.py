@@ -16,7 +16,8 @@ def test_serve_files_a_bcc_mail_and_stops_on_sigterm(config_dir, database_url):
     lmtp, smtp = free_port(), free_port()
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url,
            "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}", "GATEWAY_SMTP_LISTEN": f"127.0.0.1:{smtp}",
-           "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off"}
+           "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
+           "GATEWAY_API_LISTEN": "off"}
     config = str(config_dir / "gateway.toml")
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -39,7 +39,7 @@ def quick_probe(monkeypatch: pytest.MonkeyPatch) -> None:
 # README "Metrics and probes": the values of the `operation` label, all of them.
 DOCUMENTED_OPERATIONS = {
     "dropbox_lookup", "file_dropbox", "file_alias", "failure_count", "quarantine_keep", "quota_reserve",
-    "relay_dedup", "relay_record_lookup", "relay_store", "probe",
+    "relay_dedup", "relay_record_lookup", "relay_store", "probe", "api_read", "api_write",
 }
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")

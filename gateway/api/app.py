@@ -72,9 +72,29 @@ def build_app(context: ApiContext) -> Any:
         description="What the gateway filed, the contacts and leads it matches, records, dropbox addresses "
                     "and quota, per organisation. Authorization: Bearer <token> (`gateway token create`).",
         openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None,
+        # /v1/records/ is not /v1/records: a 404 problem, not a redirect without a body.
+        redirect_slashes=False,
     )
     app.state.context = context
     problems.install(app)
     for router in ROUTERS:
-        app.include_router(router, prefix="/v1")
+        app.include_router(router, prefix="/v1", responses=problems.RESPONSES)
+    _document_problems(app)
     return BodyLimit(app, MAX_BODY_BYTES)
+
+
+def _document_problems(app: FastAPI) -> None:
+    """The OpenAPI document names ProblemDocument as the body of every error."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            components["ProblemDocument"] = problems.ProblemDocument.model_json_schema()
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -7,24 +7,26 @@ organisation, so another organisation's ids simply do not exist for it)."""
 from __future__ import annotations
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.store import tokens
 from gateway.store.tokens import Principal
 
-_SCHEME = "bearer "
+# Documents the scheme in the OpenAPI document; the answer to a missing token is ours.
+_BEARER = HTTPBearer(auto_error=False, description="a token from `gateway token create`")
 
 
 def context(request: Request) -> ApiContext:
     return request.app.state.context  # type: ignore[no-any-return]
 
 
-async def principal(request: Request) -> Principal:
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith(_SCHEME) or not header[len(_SCHEME):].strip():
+async def principal(request: Request,
+                    credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Principal:
+    if credentials is None or not credentials.credentials.strip():
         raise Problem(401, "send Authorization: Bearer <token> (create one with `gateway token create`)")
-    token = header[len(_SCHEME):].strip()
+    token = credentials.credentials.strip()
     if len(token) > 200:
         raise Problem(401, "unknown or revoked token")
     ctx = context(request)

@@ -20,9 +20,13 @@ T = TypeVar("T")
 
 
 class ApiContext:
-    def __init__(self, database: Database, rules: Callable[[], RuleIndex], threads: int = 2):
+    def __init__(self, database: Database, rules: Callable[[], RuleIndex], threads: int = 2,
+                 recipients_changed: Callable[[], None] | None = None):
         self.database = database
         self._rules = rules
+        # Called (in the API's threads) after a dropbox address changed: the daemon
+        # rewrites the Postfix recipient map when it keeps one.
+        self._recipients_changed = recipients_changed
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway-api")
 
     @property
@@ -50,6 +54,10 @@ class ApiContext:
         except sqlalchemy.exc.SQLAlchemyError as exc:
             first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
             raise Problem(503, f"database unavailable ({type(exc).__name__}: {first}); retry later") from exc
+
+    async def recipients_changed(self) -> None:
+        if self._recipients_changed is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._recipients_changed)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import logs
@@ -21,6 +22,31 @@ MEDIA_TYPE = "application/problem+json"
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class ProblemDocument(BaseModel):
+    """RFC 9457 problem details: every error of the API has this shape."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+def _documented(status: int, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}}}
+
+
+# What any /v1 operation may answer besides its own responses (in the OpenAPI document).
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _documented(401, "no, unknown or revoked bearer token"),
+    403: _documented(403, "a read token on a write operation"),
+    404: _documented(404, "no such thing in the token's organisation (or not shared with its user)"),
+    413: _documented(413, "request body too large"),
+    422: _documented(422, "invalid request: the detail names each problem"),
+    503: _documented(503, "the database is unavailable; retry later"),
+}
 
 
 class Problem(Exception):

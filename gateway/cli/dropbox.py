@@ -17,7 +17,7 @@ from gateway.errors import UserError
 
 if TYPE_CHECKING:
     from gateway.cli.common import AddParser, Subparsers
-    from gateway.rules.index import OrgEntry, RuleIndex, UserEntry
+    from gateway.rules.index import RuleIndex, UserEntry
 
 
 def _dropbox_user(index: RuleIndex, email: str) -> UserEntry:
@@ -31,20 +31,6 @@ def _dropbox_user(index: RuleIndex, email: str) -> UserEntry:
     if not user.may_use_dropbox:
         raise UserError(f"{email} has no dropbox: their role {user.role!r} lacks the permission (or the user is inactive)")
     return user
-
-
-def _vcard(user: UserEntry, org: OrgEntry, address: str) -> str:
-    import vobject
-
-    card = vobject.vCard()
-    card.add("n").value = vobject.vcard.Name(family="Dropbox", given=(f"{user.first_name} {user.last_name}").strip())
-    card.add("fn").value = f"CRM dropbox ({user.email})"
-    card.add("org").value = [org.name]
-    email = card.add("email")
-    email.value = address
-    email.type_param = "INTERNET"
-    card.add("note").value = f"Put this address in Bcc to file the mail in the CRM ({org.name})."
-    return card.serialize()
 
 
 def _dropbox(args: argparse.Namespace) -> int:
@@ -63,7 +49,9 @@ def _dropbox(args: argparse.Namespace) -> int:
         token = database.writing(dropboxes.token, org.id, user.id)
     address = dropbox_address(token, org.gateway_domain)
     if args.dropbox_command == "vcard":
-        sys.stdout.write(_vcard(user, org, address))
+        from gateway.dropboxes import vcard
+
+        sys.stdout.write(vcard(user, org, address))
     elif getattr(args, "json", False):
         print_json({"user": user.email, "org": org.id, "address": address})
     else:

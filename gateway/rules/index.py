@@ -29,6 +29,8 @@ class UserEntry:
     creates: Literal["lead", "contact"]
     senders: frozenset[str]
     sharing: str
+    # SPEC 2.12: addresses and domains whose mail is shared when sharing is "custom".
+    share: frozenset[str] = frozenset()
     id: int | None = None
 
     @property
@@ -108,6 +110,8 @@ class OrgEntry:
     bulk_addon: int | None = None
     addresses: frozenset[str] = frozenset()
     dkim: Mapping[str, DkimEntry] = field(default_factory=dict)
+    # SPEC 2.12: mail with a customer at one of these is seen by its filer only.
+    sharing_excluded_domains: frozenset[str] = frozenset()
     # Filled by with_ids(): database id -> user, for the dropbox lookup at RCPT.
     users_by_id: Mapping[int, UserEntry] = field(default_factory=dict)
 
@@ -188,6 +192,7 @@ def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = (
                 creates=u.dropbox.creates,
                 senders=frozenset(u.dropbox.senders or [u.email]),
                 sharing=u.dropbox.sharing,
+                share=frozenset(u.dropbox.share),
             )
             for u in rf.users
         }
@@ -228,6 +233,7 @@ def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = (
             bulk_addon=o.bulk_addon,
             addresses=frozenset(o.addresses),
             dkim=MappingProxyType(dkim),
+            sharing_excluded_domains=frozenset(o.sharing_excluded_domains),
         )
         by_domain[o.gateway_domain] = o.id
     return RuleIndex(MappingProxyType(orgs), MappingProxyType(by_domain), MappingProxyType(aliases), names,

@@ -53,6 +53,9 @@ class Dropbox(_Strict):
     senders: list[str] = Field(default_factory=list, max_length=5)
     # SPEC 2.12: who else may see the mail this user files.
     sharing: Literal["private", "custom", "public"] = "private"
+    # SPEC 2.12, sharing = "custom": the customers whose mail is shared, each an address
+    # (charless@zillum.com) or a domain (zillum.com: every address at it, not subdomains).
+    share: list[str] = Field(default_factory=list, max_length=100)
 
     @field_validator("senders")
     @classmethod
@@ -60,6 +63,14 @@ class Dropbox(_Strict):
         out = [_address(v) for v in value]
         if len(set(out)) != len(out):
             raise ValueError("sender addresses repeat")
+        return out
+
+    @field_validator("share")
+    @classmethod
+    def _share(cls, value: list[str]) -> list[str]:
+        out = [_address(v) if "@" in v else _domain(v) for v in value]
+        if len(set(out)) != len(out):
+            raise ValueError("share entries repeat")
         return out
 
     @model_validator(mode="after")
@@ -175,6 +186,9 @@ class Organisation(_Strict):
     # Record token put in the subject of outbound replies; {prefix} is the
     # pipeline's token_prefix, {id} the record id.
     record_token: str = "[#{prefix}-{id}]"
+    # SPEC 2.12: mail with a customer at one of these domains is seen by its filer only,
+    # whatever the filer's sharing setting.
+    sharing_excluded_domains: list[str] = Field(default_factory=list, max_length=100)
 
     @field_validator("record_token")
     @classmethod
@@ -205,6 +219,14 @@ class Organisation(_Strict):
     _domains = field_validator("domains", mode="after")(lambda cls, v: [_domain(d) for d in v])
     _addresses = field_validator("addresses", mode="after")(lambda cls, v: [_address(a) for a in v])
     _gw = field_validator("gateway_domain")(lambda cls, v: _domain(v))
+
+    @field_validator("sharing_excluded_domains", mode="after")
+    @classmethod
+    def _excluded(cls, value: list[str]) -> list[str]:
+        out = [_domain(d) for d in value]
+        if len(set(out)) != len(out):
+            raise ValueError("domains repeat")
+        return out
 
 
 class RuleFile(_Strict):

@@ -54,3 +54,8 @@ def listing(conn: Connection) -> list[tuple[str, str, int]]:
     """Every dropbox address: (token, organisation, user id), in no particular order."""
     return [(r.token, r.org_id, r.user_id)
             for r in conn.execute(select(_DROPBOX.c.token, _DROPBOX.c.org_id, _DROPBOX.c.user_id))]
+
+
+def current(conn: Connection, user_id: int) -> str | None:
+    """The user's token, without issuing one (None: none issued yet)."""
+    return conn.execute(select(_DROPBOX.c.token).where(_DROPBOX.c.user_id == user_id)).scalar_one_or_none()

@@ -5,9 +5,10 @@ record show` and `gateway export` list them with."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row, Select, and_, bindparam, exists, func, or_, select
 
 from gateway.message import ParsedMessage
 from gateway.store import models as m
@@ -122,3 +123,79 @@ def links(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
 def attachments(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
     """Every attachment's row (of ``org_id`` when given), by id."""
     return tenant_rows(conn, select(m.Attachment.__table__), m.Attachment.__table__, org_id)
+
+
+# The API's reads (gateway/api/routes/emails.py).  Who may see what is decided by
+# gateway/sharing.py; ``visible_to``/``sharers`` below are its SQL side, a superset.
+
+_BODIES = ("text_body", "html_body")
+
+
+@dataclass(frozen=True, slots=True)
+class EmailFilter:
+    """What a list of emails is narrowed to (every given condition holds)."""
+
+    since_id: int = 0
+    contact_id: int | None = None
+    lead_id: int | None = None
+    record_id: int | None = None
+    source: str | None = None  # as stored: dropbox | alias | relay
+
+
+def _api_select(bodies: bool) -> Select[Any]:
+    e, users = m.Email.__table__, m.User.__table__
+    columns = [c for c in e.c if bodies or c.name not in _BODIES]
+    return select(*columns, users.c.email.label("filed_by")).outerjoin(users, users.c.id == e.c.filed_by_user_id)
+
+
+def api_page(conn: Connection, org_id: str, after: int, count: int, where: EmailFilter, *,
+             visible_to: int | None = None, sharers: Iterable[int] = (), bodies: bool = False) -> Sequence[Row[Any]]:
+    """Up to ``count`` emails of ``org_id`` with an id above ``after`` (and above
+    ``where.since_id``), by id, each with its filer's address as ``filed_by``.  With
+    ``visible_to`` (a user id): only that user's mail, public mail and custom mail of
+    ``sharers`` -- the candidates gateway.sharing then decides on."""
+    e, links = m.Email.__table__, m.Link.__table__
+    query = _api_select(bodies).where(e.c.org_id == org_id, e.c.id > max(after, where.since_id))
+    for kind, target in (("contact", where.contact_id), ("lead", where.lead_id), ("record", where.record_id)):
+        if target is not None:
+            query = query.where(exists().where(links.c.email_id == e.c.id, links.c.org_id == org_id,
+                                               links.c.kind == kind, links.c.target_id == target))
+    if where.source is not None:
+        query = query.where(e.c.source == where.source)
+    if visible_to is not None:
+        seen = [e.c.filed_by_user_id == visible_to, e.c.visibility == "public"]
+        sharer_ids = sorted(set(sharers))
+        if sharer_ids:
+            seen.append(and_(e.c.visibility == "custom", e.c.filed_by_user_id.in_(sharer_ids)))
+        query = query.where(or_(*seen))
+    return conn.execute(query.order_by(e.c.id).limit(count)).all()
+
+
+def api_one(conn: Connection, org_id: str, email_id: int, *, bodies: bool = True) -> Row[Any] | None:
+    """One email of ``org_id`` (with ``filed_by``, the filer's address), or None."""
+    e = m.Email.__table__
+    return conn.execute(_api_select(bodies).where(e.c.org_id == org_id, e.c.id == email_id)).one_or_none()
+
+
+def api_links(conn: Connection, org_id: str, email_ids: Sequence[int]) -> Sequence[Row[Any]]:
+    """The links of these emails (email_id, kind, target_id) by id, each with
+    ``address``: the linked lead's or contact's address (None for a record)."""
+    links, leads, contacts = m.Link.__table__, m.Lead.__table__, m.Contact.__table__
+    query = (
+        select(links.c.email_id, links.c.kind, links.c.target_id,
+               func.coalesce(leads.c.email, contacts.c.email).label("address"))
+        .outerjoin(leads, and_(links.c.kind == "lead", leads.c.id == links.c.target_id, leads.c.org_id == org_id))
+        .outerjoin(contacts, and_(links.c.kind == "contact", contacts.c.id == links.c.target_id,
+                                  contacts.c.org_id == org_id))
+        .where(links.c.org_id == org_id, links.c.email_id.in_(list(email_ids)))
+        .order_by(links.c.id)
+    )
+    return conn.execute(query).all() if email_ids else []
+
+
+def api_attachments(conn: Connection, org_id: str, email_ids: Sequence[int]) -> Sequence[Row[Any]]:
+    """The attachment rows of these emails, by id (an email's n-th row is its
+    attachment n, as gateway.parse.attachment counts)."""
+    table = m.Attachment.__table__
+    query = select(table).where(table.c.org_id == org_id, table.c.email_id.in_(list(email_ids))).order_by(table.c.id)
+    return conn.execute(query).all() if email_ids else []

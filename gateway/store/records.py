@@ -5,6 +5,7 @@ pipeline, conversation order, stage history, the decisions of a conversation).""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, NamedTuple, Sequence
 
 from sqlalchemy import Connection, Row, select, update
@@ -67,10 +68,11 @@ def set_stage(conn: Connection, record_id: int, stage: str) -> None:
 
 
 def add_stage_change(conn: Connection, org_id: str, record_id: int, from_stage: str | None, to_stage: str,
-                     cause: str, email_id: int | None = None) -> None:
+                     cause: str, email_id: int | None = None, actor: str | None = None) -> None:
+    """One entry of the stage history (``actor``: who moved it, when a person did)."""
     conn.execute(m.StageChange.__table__.insert().values(
         org_id=org_id, record_id=record_id, from_stage=from_stage, to_stage=to_stage,
-        at=now(), cause=cause, email_id=email_id))
+        at=now(), cause=cause, email_id=email_id, actor=actor))
 
 
 def participate(conn: Connection, org_id: str, record_id: int, address: str) -> None:
@@ -118,3 +120,40 @@ def stage_changes(conn: Connection, record_ids: list[int] | None = None) -> Sequ
     if record_ids is not None:
         query = query.where(table.c.record_id.in_(record_ids))
     return conn.execute(query).all()
+
+
+def editable(conn: Connection, record_id: int, org_id: str) -> Row[Any] | None:
+    """``org_id``'s record (every column, its pipeline's name as ``pipeline``), locked
+    FOR UPDATE until the transaction ends, so an edit compares with what it replaces."""
+    return conn.execute(
+        select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
+        .where(_RECORDS.c.id == record_id, _RECORDS.c.org_id == org_id).with_for_update(of=_RECORDS)
+    ).one_or_none()
+
+
+def set_owner(conn: Connection, record_id: int, owner_id: int | None) -> None:
+    conn.execute(update(_RECORDS).where(_RECORDS.c.id == record_id).values(owner_id=owner_id, updated_at=now()))
+
+
+def set_tags(conn: Connection, record_id: int, tags: list[str]) -> None:
+    conn.execute(update(_RECORDS).where(_RECORDS.c.id == record_id).values(tags=tags, updated_at=now()))
+
+
+def page(conn: Connection, org_id: str, *, after: int, limit: int, pipeline: str | None = None,
+         stage: str | None = None, updated_since: datetime | None = None) -> Sequence[Row[Any]]:
+    """Up to ``limit`` of ``org_id``'s records with an id above ``after``, by id, with
+    their pipeline's name as ``pipeline`` and their owner's address as ``owner``.
+    ``updated_since`` is inclusive and must be in UTC (SQLite compares the stored
+    UTC wall-clock text)."""
+    users = m.User.__table__
+    query = (select(_RECORDS, _PIPES.c.name.label("pipeline"), users.c.email.label("owner"))
+             .join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
+             .outerjoin(users, users.c.id == _RECORDS.c.owner_id)
+             .where(_RECORDS.c.org_id == org_id, _RECORDS.c.id > after))
+    if pipeline is not None:
+        query = query.where(_PIPES.c.name == pipeline)
+    if stage is not None:
+        query = query.where(_RECORDS.c.stage == stage)
+    if updated_since is not None:
+        query = query.where(_RECORDS.c.updated_at >= updated_since)
+    return conn.execute(query.order_by(_RECORDS.c.id).limit(limit)).all()

@@ -297,6 +297,8 @@ class GatewayServer(Server):
             "GATEWAY_SMTP_LISTEN": f"{HOST}:{self.smtp_port}",
             "GATEWAY_SUBMISSION_LISTEN": "off",
             "GATEWAY_METRICS_LISTEN": "off",
+            # The HTTP API on, as shipped (GATEWAY_BENCH_API=off measures without it).
+            "GATEWAY_API_LISTEN": "off" if os.environ.get("GATEWAY_BENCH_API") == "off" else f"{HOST}:{free_port()}",
         })
 
     def start(self) -> None:

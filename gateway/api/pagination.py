@@ -1,0 +1,60 @@
+"""Cursor pagination, the same for every list: items in id order (newest last), at
+most ``limit`` (1..500, default 100) per page; ``next_cursor`` is passed back as
+``cursor=`` for the next page and is null on the last.  A cursor is opaque to the
+CRM (the last id seen, encoded); a cursor that is not one of ours is a 422."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Generic, Sequence, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+from gateway.api.problems import Problem
+
+T = TypeVar("T")
+MAX_LIMIT = 500
+MAX_ID = 2**63 - 1  # ids are 64-bit (BIGINT; SQLite's INTEGER)
+DEFAULT_LIMIT = 100
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"after:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode(cursor: str | None) -> int:
+    """The id after which the page starts (0: from the beginning)."""
+    if not cursor:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    kind, _, value = text.partition(":")
+    if kind != "after" or not value.isdigit() or len(value) > 19 or int(value) > MAX_ID:
+        raise Problem(422, "cursor: not a cursor of this API (pass back next_cursor as it came)")
+    return int(value)
+
+
+class PageParams:
+    """The ``cursor`` and ``limit`` query parameters (FastAPI dependency)."""
+
+    def __init__(self, cursor: str | None = Query(None, max_length=100, description="next_cursor of the page before"),
+                 limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="items per page (1..500)")):
+        self.after = decode(cursor)
+        self.limit = limit
+
+
+def page(items: Sequence[Any], limit: int, last_id: Any) -> dict[str, Any]:
+    """A page of ``items`` fetched with ``limit + 1`` rows: the extra row only says
+    that there is a next page.  ``last_id(item)`` gives an item's id."""
+    more = len(items) > limit
+    shown = list(items[:limit])
+    return {"items": shown, "next_cursor": encode(last_id(shown[-1])) if more and shown else None}
