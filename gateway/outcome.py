@@ -16,7 +16,7 @@ back (stored decisions of any age, relay decisions included).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
 Kind = Literal["lead", "contact"]
@@ -249,20 +249,14 @@ class Filing:
         (`gateway explain`): the same filing with them removed."""
         d = self.decision
         if isinstance(d, DropboxDecision):
-            d = _replace(d, people=tuple(_replace(p, id=None) if p.action == "created" else p for p in d.people))
+            d = replace(d, people=tuple(replace(p, id=None) if p.action == "created" else p for p in d.people))
         elif isinstance(d, AliasDecision):
-            d = _replace(d, record=_unsaved(d.record), contact=_unsaved(d.contact))
+            d = replace(d, record=_unsaved(d.record), contact=_unsaved(d.contact))
         return Filing(self.result, d, None)
 
 
 def _unsaved(touched: Touched | None) -> Touched | None:
     return Touched(None, touched.action) if touched is not None and touched.action == "created" else touched
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(obj, **changes)
 
 
 # --- the stored decision (JSON), in one place ------------------------------------------

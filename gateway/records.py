@@ -190,7 +190,7 @@ def edit(conn: Connection, rules: RuleIndex, org_id: str, record_id: int, change
     given twice is kept once).  Everything is checked before anything is written, and
     only what differs is written (a stage change joins the history with ``actor``;
     updated_at moves).  Returns the fields that changed; None: no such record."""
-    row = store_records.editable(conn, record_id, org_id)
+    row = store_records.with_pipeline(conn, record_id, org_id, lock=True)
     if row is None:
         return None
     stage, owner_id, tags = row.stage, row.owner_id, list(row.tags or [])

@@ -57,7 +57,9 @@ def test_every_operation_conforms_and_never_answers_5xx(seeded):
     headers = {"Authorization": f"Bearer {gw.token(scope='write', name='schemathesis')}"}
     seen: dict[str, set[int]] = {}
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+    # derandomize: the same examples on every run, so a failure in CI is one you can
+    # rerun; more exploration: GATEWAY_SCHEMATHESIS_EXAMPLES.
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(case=schema.as_strategy())
     def check(case):  # type: ignore[no-untyped-def]

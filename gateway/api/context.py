@@ -9,10 +9,10 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-import sqlalchemy.exc
 
-from gateway import metrics
 from gateway.api.problems import Problem
+from gateway.delivery import guarded
+from gateway.errors import TemporaryFailure
 from gateway.rules.index import RuleIndex
 from gateway.store.db import Database
 
@@ -43,17 +43,12 @@ class ApiContext:
         return await self._run("api_write", self.database.writing, fn, *args)
 
     async def _run(self, operation: str, how: Callable[..., T], fn: Callable[..., Any], *args: Any) -> T:
-        histogram = metrics.db_duration.labels(operation=operation)
-
-        def job() -> T:
-            with histogram.time():
-                return how(fn, *args)
-
+        # Timed and mapped as the SMTP side's database work (delivery.guarded): trouble
+        # is temporary, 503 here as it is 451 there.
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            first = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
-            raise Problem(503, f"database unavailable ({type(exc).__name__}: {first}); retry later") from exc
+            return await asyncio.get_running_loop().run_in_executor(self._pool, guarded(how, operation), fn, *args)
+        except TemporaryFailure as exc:
+            raise Problem(503, f"{exc.detail}; retry later") from exc
 
     async def recipients_changed(self) -> None:
         if self._recipients_changed is not None:

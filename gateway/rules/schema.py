@@ -40,6 +40,13 @@ def _domain(value: str) -> str:
     return value
 
 
+def _distinct(values: list[str], what: str) -> list[str]:
+    """The normalised entries of a list, refused when two are the same."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} repeat")
+    return values
+
+
 class Role(_Strict):
     dropbox: bool = False
 
@@ -60,18 +67,12 @@ class Dropbox(_Strict):
     @field_validator("senders")
     @classmethod
     def _senders(cls, value: list[str]) -> list[str]:
-        out = [_address(v) for v in value]
-        if len(set(out)) != len(out):
-            raise ValueError("sender addresses repeat")
-        return out
+        return _distinct([_address(v) for v in value], "sender addresses")
 
     @field_validator("share")
     @classmethod
     def _share(cls, value: list[str]) -> list[str]:
-        out = [_address(v) if "@" in v else _domain(v) for v in value]
-        if len(set(out)) != len(out):
-            raise ValueError("share entries repeat")
-        return out
+        return _distinct([_address(v) if "@" in v else _domain(v) for v in value], "share entries")
 
     @model_validator(mode="after")
     def _create_matches_search(self) -> "Dropbox":
@@ -223,10 +224,7 @@ class Organisation(_Strict):
     @field_validator("sharing_excluded_domains", mode="after")
     @classmethod
     def _excluded(cls, value: list[str]) -> list[str]:
-        out = [_domain(d) for d in value]
-        if len(set(out)) != len(out):
-            raise ValueError("domains repeat")
-        return out
+        return _distinct([_domain(d) for d in value], "domains")
 
 
 class RuleFile(_Strict):

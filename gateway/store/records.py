@@ -38,14 +38,8 @@ def create(conn: Connection, org_id: str, *, pipeline_id: int, stage: str, title
 def get(conn: Connection, record_id: int, org_id: str | None = None, *, lock: bool = False) -> RecordRow | None:
     """A record with its pipeline's name (``lock``: FOR UPDATE of the record row, so a
     read-and-move of its stage is exact)."""
-    query = (select(_RECORDS.c.id, _RECORDS.c.org_id, _PIPES.c.name, _RECORDS.c.stage, _RECORDS.c.contact_id)
-             .join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id).where(_RECORDS.c.id == record_id))
-    if org_id is not None:
-        query = query.where(_RECORDS.c.org_id == org_id)
-    if lock:
-        query = query.with_for_update(of=_RECORDS)
-    row = conn.execute(query).one_or_none()
-    return RecordRow(*row) if row is not None else None
+    row = with_pipeline(conn, record_id, org_id, lock=lock)
+    return RecordRow(row.id, row.org_id, row.pipeline, row.stage, row.contact_id) if row is not None else None
 
 
 def contact_address(conn: Connection, record_id: int) -> tuple[int, str] | None:
@@ -82,12 +76,18 @@ def participate(conn: Connection, org_id: str, record_id: int, address: str) -> 
                  .on_conflict_do_nothing())
 
 
-def with_pipeline(conn: Connection, record_id: int) -> Row[Any] | None:
-    """A record's row (every column) with its pipeline's name as ``pipeline``."""
-    return conn.execute(
-        select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
-        .where(_RECORDS.c.id == record_id)
-    ).one_or_none()
+def with_pipeline(conn: Connection, record_id: int, org_id: str | None = None, *,
+                  lock: bool = False) -> Row[Any] | None:
+    """A record's row (every column) with its pipeline's name as ``pipeline`` (only
+    ``org_id``'s when given; ``lock``: FOR UPDATE of the record row until the
+    transaction ends, so an edit compares with what it replaces)."""
+    query = (select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
+             .where(_RECORDS.c.id == record_id))
+    if org_id is not None:
+        query = query.where(_RECORDS.c.org_id == org_id)
+    if lock:
+        query = query.with_for_update(of=_RECORDS)
+    return conn.execute(query).one_or_none()
 
 
 def listing(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any]]:
@@ -120,15 +120,6 @@ def stage_changes(conn: Connection, record_ids: list[int] | None = None) -> Sequ
     if record_ids is not None:
         query = query.where(table.c.record_id.in_(record_ids))
     return conn.execute(query).all()
-
-
-def editable(conn: Connection, record_id: int, org_id: str) -> Row[Any] | None:
-    """``org_id``'s record (every column, its pipeline's name as ``pipeline``), locked
-    FOR UPDATE until the transaction ends, so an edit compares with what it replaces."""
-    return conn.execute(
-        select(_RECORDS, _PIPES.c.name.label("pipeline")).join(_PIPES, _PIPES.c.id == _RECORDS.c.pipeline_id)
-        .where(_RECORDS.c.id == record_id, _RECORDS.c.org_id == org_id).with_for_update(of=_RECORDS)
-    ).one_or_none()
 
 
 def set_owner(conn: Connection, record_id: int, owner_id: int | None) -> None:
