@@ -167,7 +167,65 @@ def test_delete_keeps_the_mail_and_its_links(gw):
     # The next mail from the address makes a new contact.
     assert gw.lmtp(customer, ["service@in.zylker.example"],
                    message(frm=f"Charles <{customer}>", to="service@in.zylker.example", subject="Again")).codes == [250]
-    assert [c["email"] for c in gw.export()["contacts"]] == [customer]
+    (again,) = gw.export()["contacts"]
+    assert again["email"] == customer
+    # A new id (SQLite would hand out the deleted, highest one again without
+    # AUTOINCREMENT): the old mail stays the deleted contact's history only.
+    assert again["id"] > contact["id"]
+    with gw.api(gw.token()) as api:
+        assert [e["subject"] for e in api.get("/emails", params={"contact_id": again["id"]}).json()["items"]] \
+            == ["Again"]
+        assert api.get("/emails", params={"contact_id": contact["id"]}).json()["items"][0]["id"] == mail["id"]
+    with gw.api(gw.token()) as api:
+        lead = api.post("/leads", json={"email": "newest@example.com"}).json()["id"]
+        assert api.delete(f"/leads/{lead}").status_code == 204
+        assert api.post("/leads", json={"email": "newest@example.com"}).json()["id"] > lead
+
+
+def test_migration_to_autoincrement_keeps_people_and_their_records(database_url):
+    """0008 rebuilds leads and contacts on SQLite (ids never reused): every row keeps
+    its id, a record keeps its contact, and the ids handed out so far stay used."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from gateway.store import db, models as m
+
+    engine = db.make_engine(database_url)
+    stamp = datetime(2026, 12, 1, 9, tzinfo=timezone.utc)
+    try:
+        with engine.connect().execution_options(write=True) as conn:
+            command.upgrade(db._alembic_config(conn), "0007")
+            conn.commit()
+        with engine.begin() as conn:
+            conn.execute(sa.insert(m.Organisation.__table__).values(id="zylker", name="Zylker", timezone="UTC",
+                                                                     active=True))
+            pipeline = conn.execute(sa.insert(m.Pipeline.__table__).values(org_id="zylker", name="Service",
+                                                                           active=True)).inserted_primary_key[0]
+            people = {}
+            for table in (m.Lead.__table__, m.Contact.__table__):
+                people[table.name] = [conn.execute(sa.insert(table).values(
+                    org_id="zylker", email=f"p{i}@example.com", first_name="", last_name="", owner_id=None,
+                    source="api", created_at=stamp, updated_at=stamp, external_id=f"x{i}")).inserted_primary_key[0]
+                    for i in range(3)]
+            conn.execute(sa.insert(m.Record.__table__).values(
+                org_id="zylker", pipeline_id=pipeline, stage="Open", title="t", owner_id=None, tags=[],
+                contact_id=people["contacts"][0], created_at=stamp, updated_at=stamp))
+        assert db.upgrade(engine) == ["0008"]
+        with engine.begin() as conn:
+            for table in (m.Lead.__table__, m.Contact.__table__):
+                rows = conn.execute(sa.select(table.c.id, table.c.external_id).order_by(table.c.id)).all()
+                assert rows == [(pid, f"x{i}") for i, pid in enumerate(people[table.name])]
+                conn.execute(sa.delete(table).where(table.c.id == people[table.name][2]))
+                # The unique indexes came through the rebuild.
+                with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                    conn.execute(sa.insert(table).values(org_id="zylker", email="p0@example.com", source="api",
+                                                         created_at=stamp))
+                newest = conn.execute(sa.insert(table).values(org_id="zylker", email="new@example.com",
+                                                              source="api", created_at=stamp)).inserted_primary_key[0]
+                assert newest > people[table.name][2]
+            assert conn.execute(sa.select(m.Record.__table__.c.contact_id)).scalar_one() == people["contacts"][0]
+    finally:
+        engine.dispose()
 
 
 def test_tokens_401_403_and_other_organisations_404(gw):

@@ -98,6 +98,8 @@ class Lead(_Person, Base):
         UniqueConstraint("org_id", "email"),
         Index("uq_leads_org_id_external_id", "org_id", "external_id", unique=True),
         Index("ix_leads_org_id_updated_at", "org_id", "updated_at"),
+        # Ids never reused: links of a deleted person stay its history (0008).
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -107,6 +109,8 @@ class Contact(_Person, Base):
         UniqueConstraint("org_id", "email"),
         Index("uq_contacts_org_id_external_id", "org_id", "external_id", unique=True),
         Index("ix_contacts_org_id_updated_at", "org_id", "updated_at"),
+        # Ids never reused: links of a deleted person stay its history (0008).
+        {"sqlite_autoincrement": True},
     )
 
 
