@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import FastAPI
 
 from gateway import __version__
-from gateway.api import problems
+from gateway.api import auth, problems
 from gateway.api.context import ApiContext
 
 # Request bodies larger than this are refused with 413 (an NDJSON import of 10,000
@@ -76,7 +76,7 @@ def build_app(context: ApiContext) -> Any:
         redirect_slashes=False,
     )
     app.state.context = context
-    problems.install(app)
+    problems.install(app, auth.gate)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1", responses=problems.RESPONSES)
     _document_problems(app)

@@ -7,6 +7,7 @@ organisation, so another organisation's ids simply do not exist for it)."""
 from __future__ import annotations
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.context import ApiContext
@@ -40,3 +41,20 @@ async def writer(who: Principal = Depends(principal)) -> Principal:
     if who.scope != "write":
         raise Problem(403, f"token {who.name!r} has the read scope; this needs a write token")
     return who
+
+
+async def gate(request: Request) -> None:
+    """The token checks of the request's route, by themselves: FastAPI decodes a JSON
+    body before it runs dependencies, so a malformed body would otherwise be answered
+    (400/422) before a missing token (401) or a read token on a write route (403)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not _uses(dependant, principal):
+        return
+    who = await principal(request, await _BEARER(request))
+    if _uses(dependant, writer):
+        await writer(who)
+
+
+def _uses(dependant: Dependant, call: object) -> bool:
+    return any(d.call is call or _uses(d, call) for d in dependant.dependencies)

@@ -6,7 +6,7 @@ is ever a bare string, an HTML page or a traceback."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +40,7 @@ def _documented(status: int, description: str) -> dict[str, Any]:
 
 # What any /v1 operation may answer besides its own responses (in the OpenAPI document).
 RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented(400, "the body is not well-formed JSON"),
     401: _documented(401, "no, unknown or revoked bearer token"),
     403: _documented(403, "a read token on a write operation"),
     404: _documented(404, "no such thing in the token's organisation (or not shared with its user)"),
@@ -68,7 +69,10 @@ def not_found(what: str) -> Problem:
     return Problem(404, f"no {what}")
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, gate: Callable[[Request], Awaitable[None]]) -> None:
+    """The handlers; ``gate`` runs a route's token checks (raising Problem 401/403)
+    before an invalid request is answered, so the token is judged first."""
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer realm="gateway"'} if exc.status == 401 else None
@@ -76,10 +80,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        try:
+            await gate(request)
+        except Problem as refused:
+            return await _problem(request, refused)
+        malformed = any(e.get("type") == "json_invalid" for e in exc.errors())
         errors = [{"location": ".".join(str(p) for p in e.get("loc", ())), "error": e.get("msg", "")}
                   for e in exc.errors()]
         detail = "; ".join(f"{e['location']}: {e['error']}" for e in errors) or "invalid request"
-        return response(422, detail[:2000], errors=errors[:50])
+        return response(400 if malformed else 422, detail[:2000], errors=errors[:50])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
