@@ -10,6 +10,7 @@ let transactions under way finish within the grace period, exit 0).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -402,6 +403,12 @@ class App:
 async def serve(settings: Settings) -> int:
     app = App(settings)
     await app.start()
+    # What start-up made (modules, rules, SQLAlchemy's tables and caches: ~100,000
+    # objects) lives as long as the process: out of the collector's sight, so a full
+    # collection -- which holds the GIL, and with it every session -- scans only
+    # what came later (70-130 ms per full collection before; see README Performance).
+    gc.collect()
+    gc.freeze()
     app.write_pid()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

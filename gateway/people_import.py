@@ -48,8 +48,18 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_IN_ADDRESS = re.compile(r"[\s,;:<>()\[\]\\\"]")
 
 
+def _check_text(value: str) -> None:
+    if _CONTROL.search(value):
+        raise ValueError("control characters are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (an unpaired surrogate)") from None
+
+
 def checked_address(value: str) -> str:
     """The normalised address, or ValueError("bad address ...")."""
+    _check_text(value)
     address = normalise(value)
     local, _, domain = address.rpartition("@")
     if (not looks_like_address(address) or "@" in local or _NOT_IN_ADDRESS.search(address)
@@ -74,14 +84,8 @@ class PersonIn(BaseModel):
     @field_validator("email", "first_name", "last_name", "external_id", "owner")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if _CONTROL.search(value):
-            raise ValueError("control characters are not allowed")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("not valid Unicode (an unpaired surrogate)") from None
+        if value is not None:
+            _check_text(value)
         return value
 
     @field_validator("email")

@@ -313,7 +313,7 @@ def test_bad_queries_and_unknown_owner(gw):
     with gw.api(gw.token()) as api:
         for params in ({"limit": 0}, {"limit": 501}, {"limit": "many"}, {"cursor": "bogus"},
                        {"updated_since": "yesterday"}, {"updated_since": "9999-12-31T23:00:00-05:00"},
-                       {"email": "x" * 400}):
+                       {"email": "x" * 400}, {"email": "a\x00@example.com"}, {"email": "not an address"}):
             r = api.get("/contacts", params=params)
             assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (params, r.text)
         assert api.get("/contacts", params={"limit": 500}).status_code == 200

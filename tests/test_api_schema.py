@@ -10,7 +10,7 @@ import os
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -33,6 +33,7 @@ def _ndjson(ctx, value):  # type: ignore[no-untyped-def]
 
 # Examples per run (all operations together); more with GATEWAY_SCHEMATHESIS_EXAMPLES.
 EXAMPLES = int(os.environ.get("GATEWAY_SCHEMATHESIS_EXAMPLES", "300"))
+SEED = os.environ.get("GATEWAY_SCHEMATHESIS_SEED")
 
 
 @pytest.fixture
@@ -58,10 +59,12 @@ def test_every_operation_conforms_and_never_answers_5xx(seeded):
     seen: dict[str, set[int]] = {}
 
     # derandomize: the same examples on every run, so a failure in CI is one you can
-    # rerun; more exploration: GATEWAY_SCHEMATHESIS_EXAMPLES.
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    # rerun; more exploration: GATEWAY_SCHEMATHESIS_EXAMPLES, and other examples with
+    # GATEWAY_SCHEMATHESIS_SEED=N (a failure names its seed, so it can be rerun too).
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=SEED is None,
               suppress_health_check=list(HealthCheck))
     @given(case=schema.as_strategy())
+    @(seed(int(SEED)) if SEED is not None else (lambda f: f))
     def check(case):  # type: ignore[no-untyped-def]
         response = case.call(base_url=base_url, headers=headers, timeout=30)
         seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)

@@ -19,7 +19,7 @@ from gateway.store.tokens import Principal
 _BEARER = HTTPBearer(auto_error=False, description="a token from `gateway token create`")
 
 
-def context(request: Request) -> ApiContext:
+async def context(request: Request) -> ApiContext:
     return request.app.state.context  # type: ignore[no-any-return]
 
 
@@ -30,7 +30,7 @@ async def principal(request: Request,
     token = credentials.credentials.strip()
     if len(token) > 200:
         raise Problem(401, "unknown or revoked token")
-    ctx = context(request)
+    ctx = await context(request)
     found = await ctx.read(tokens.principal, token)
     if found is None or found.org_id not in ctx.rules.orgs:  # an organisation gone from the rules: its tokens too
         raise Problem(401, "unknown or revoked token")

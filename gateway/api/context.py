@@ -9,7 +9,10 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+import sqlalchemy.exc
+from fastapi.responses import Response
 
+from gateway.api.pagination import render
 from gateway.api.problems import Problem
 from gateway.delivery import guarded
 from gateway.errors import TemporaryFailure
@@ -17,6 +20,10 @@ from gateway.rules.index import RuleIndex
 from gateway.store.db import Database
 
 T = TypeVar("T")
+
+# Database errors that no retry cures (the SMTP side answers 451 all the same: there,
+# a retry by the MTA is what keeps the mail).
+_NOT_TEMPORARY = (sqlalchemy.exc.DataError, sqlalchemy.exc.ProgrammingError)
 
 
 class ApiContext:
@@ -48,7 +55,18 @@ class ApiContext:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, guarded(how, operation), fn, *args)
         except TemporaryFailure as exc:
+            if isinstance(exc.__cause__, _NOT_TEMPORARY):
+                # The same request would fail again: a bug of ours (a value we let
+                # through that the database refuses), answered 500 and logged.
+                raise exc.__cause__ from None
             raise Problem(503, f"{exc.detail}; retry later") from exc
+
+    async def listing(self, fn: Callable[..., dict[str, Any]], *args: Any) -> Response:
+        """A list page: fn(conn, *args) -> {"items", "next_cursor"} read, then encoded to
+        JSON, both in the API's threads (the route's response_model documents it)."""
+        body = await self.read(fn, *args)
+        content = await asyncio.get_running_loop().run_in_executor(self._pool, render, body)
+        return Response(content, media_type="application/json")
 
     async def recipients_changed(self) -> None:
         if self._recipients_changed is not None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Generic, Sequence, TypeVar
 
 from fastapi import Query
@@ -43,13 +46,41 @@ def decode(cursor: str | None) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
 class PageParams:
-    """The ``cursor`` and ``limit`` query parameters (FastAPI dependency)."""
+    after: int  # the id after which the page starts
+    limit: int
 
-    def __init__(self, cursor: str | None = Query(None, max_length=100, description="next_cursor of the page before"),
-                 limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="items per page (1..500)")):
-        self.after = decode(cursor)
-        self.limit = limit
+
+async def page_params(
+        cursor: str | None = Query(None, max_length=100, description="next_cursor of the page before"),
+        limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="items per page (1..500)")) -> PageParams:
+    """The ``cursor`` and ``limit`` query parameters (a FastAPI dependency; async, as a
+    plain function would be sent to a thread for nothing)."""
+    return PageParams(decode(cursor), limit)
+
+
+UpdatedSince = Query(None, description="only what was created or changed at or after this time "
+                                       "(ISO 8601; UTC when no offset)")
+
+
+def utc(value: datetime | None, name: str = "updated_since") -> datetime | None:
+    """A query's time in UTC (naive: taken as UTC); out of range is a 422."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:  # year 1 or 9999 with an offset
+        raise Problem(422, f"{name}: out of range") from None
+
+
+def render(body: dict[str, Any]) -> bytes:
+    """A page as JSON, the same bytes FastAPI would send, encoded item by item: run in
+    the API's threads, where short steps let the event loop take the GIL between
+    items (one call over a 500-item page would hold it, and so SMTP, for tens of ms)."""
+    items = b",".join(json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() for item in body["items"])
+    rest = json.dumps({k: v for k, v in body.items() if k != "items"}, separators=(",", ":"))[1:]
+    return b'{"items":[' + items + b"]" + (b"," + rest.encode() if rest != "}" else b"}")
 
 
 def page(items: Sequence[Any], limit: int, last_id: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Row
 from gateway import sharing
 from gateway.api.auth import context, principal
 from gateway.api.context import ApiContext
-from gateway.api.pagination import Page, PageParams, encode, page
+from gateway.api.pagination import Page, PageParams, encode, page, page_params
 from gateway.api.problems import not_found
 from gateway.message import AttachmentInfo
 from gateway.parse import attachment as parse_attachment
@@ -193,7 +193,7 @@ EmailId = Path(ge=1, le=MAX_ID, description="an email's id")
 @router.get("/emails", response_model=Page[EmailOut], response_model_exclude_unset=True,
             summary="Emails the token may see, oldest first (cursor pagination)")
 async def list_emails(
-    paging: PageParams = Depends(),
+    paging: PageParams = Depends(page_params),
     since_id: int = Query(0, ge=0, le=MAX_ID, description="only emails with a greater id"),
     contact_id: int | None = Query(None, ge=1, le=MAX_ID, description="only emails filed under this contact"),
     lead_id: int | None = Query(None, ge=1, le=MAX_ID, description="only emails filed under this lead"),
@@ -205,7 +205,7 @@ async def list_emails(
     org = ctx.rules.orgs[who.org_id]
     where = EmailFilter(since_id=since_id, contact_id=contact_id, lead_id=lead_id, record_id=record_id,
                         source=_SOURCES[source] if source else None)
-    return await ctx.read(_listing, org, who.user_id, where, paging.after, paging.limit, include == "bodies")
+    return await ctx.listing(_listing, org, who.user_id, where, paging.after, paging.limit, include == "bodies")
 
 
 @router.get("/emails/{email_id}", response_model=EmailOut, summary="One email, with its text and HTML bodies")

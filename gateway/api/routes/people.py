@@ -11,7 +11,7 @@ Delete keeps the mail and its links (history); records lose the contact.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -19,10 +19,9 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, Row
 
 from gateway import people_import
-from gateway.addresses import normalise
 from gateway.api.auth import context, principal, writer
 from gateway.api.context import ApiContext
-from gateway.api.pagination import Page, PageParams, page
+from gateway.api.pagination import Page, PageParams, UpdatedSince, page, page_params, utc
 from gateway.api.problems import MEDIA_TYPE, Problem, not_found
 from gateway.outcome import Kind
 from gateway.people_import import Importer, PersonIn, RowError
@@ -75,6 +74,12 @@ def _item(row: Row[Any]) -> dict[str, Any]:
             "created_at": ts(row.created_at), "updated_at": ts(row.updated_at)}
 
 
+def _listing(conn: Connection, kind: Kind, org_id: str, after: int, limit: int, email: str | None,
+             updated_since: datetime | None) -> dict[str, Any]:
+    rows = store_people.page(conn, kind, org_id, after, limit, email, updated_since)
+    return page([_item(r) for r in rows], limit, lambda item: item["id"])
+
+
 def _save(conn: Connection, org_id: str, kind: Kind, upsert: Upsert) -> tuple[UpsertResult, Row[Any] | None]:
     """Create or update one person and read it back, in one transaction."""
     result = store_people.upsert(conn, org_id, kind, [upsert], "api")[0]
@@ -89,23 +94,20 @@ def _add_routes(collection: str, kind: Kind) -> None:
                 summary=f"The organisation's {collection}, by id, a page at a time")
     async def listing(
         email: str | None = Query(None, max_length=320, description="only the one with this address"),
-        updated_since: datetime | None = Query(None, description="only those created or changed at or after "
-                                                                 "this time (ISO 8601; UTC when no offset)"),
-        paging: PageParams = Depends(),
+        updated_since: datetime | None = UpdatedSince,
+        paging: PageParams = Depends(page_params),
         who: Principal = Depends(principal),
         ctx: ApiContext = Depends(context),
-    ) -> dict[str, Any]:
-        since = None
-        if updated_since is not None:
+    ) -> Response:
+        address = None
+        if email is not None:
             try:
-                since = updated_since.replace(tzinfo=updated_since.tzinfo or timezone.utc).astimezone(timezone.utc)
-            except OverflowError:  # year 1 or 9999 with an offset
-                raise Problem(422, "updated_since: out of range") from None
+                address = people_import.checked_address(email)
+            except ValueError as exc:
+                raise Problem(422, f"email: {exc}") from None
         # A cursor carries up to 19 digits; ids are 64-bit (SQLite cannot even bind more).
-        after = min(paging.after, _MAX_ID)
-        rows = await ctx.read(store_people.page, kind, who.org_id, after, paging.limit,
-                              normalise(email) if email is not None else None, since)
-        return page([_item(r) for r in rows], paging.limit, lambda item: item["id"])
+        return await ctx.listing(_listing, kind, who.org_id, min(paging.after, _MAX_ID), paging.limit, address,
+                                 utc(updated_since))
 
     @router.get(f"/{collection}/{{person_id}}", response_model=Person, tags=[collection], name=f"get_{singular}",
                 summary=f"One {singular}")

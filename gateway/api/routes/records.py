@@ -7,17 +7,17 @@ it like any other (gateway/filing/alias.py reads the stage, not who set it)."""
 from __future__ import annotations
 
 import unicodedata
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from gateway import records
 from gateway.api.auth import context, principal, writer
 from gateway.api.context import ApiContext
-from gateway.api.pagination import Page, PageParams, page
+from gateway.api.pagination import Page, PageParams, UpdatedSince, page, page_params, utc
 from gateway.api.problems import Problem, not_found
 from gateway.rules.index import OrgEntry
 from gateway.store.tokens import Principal
@@ -132,31 +132,20 @@ def _filters(org: OrgEntry, pipeline: str | None, stage: str | None) -> None:
                           allowed=allowed)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    except OverflowError:
-        raise Problem(422, "updated_since: out of range") from None
-
-
 @router.get("/records", response_model=Page[RecordSummary],
             summary="The organisation's records by id, optionally of one pipeline, stage, or changed since")
 async def list_records(
-    paging: PageParams = Depends(),
+    paging: PageParams = Depends(page_params),
     pipeline: str | None = Query(None, min_length=1, max_length=100, description="a pipeline's name"),
     stage: str | None = Query(None, min_length=1, max_length=100, description="a stage's name"),
-    updated_since: datetime | None = Query(None, description="ISO 8601; records changed at or after it "
-                                                             "(without a time zone: UTC)"),
+    updated_since: datetime | None = UpdatedSince,
     who: Principal = Depends(principal), ctx: ApiContext = Depends(context),
-) -> Any:
+) -> Response:
     rules = ctx.rules
     _filters(rules.orgs[who.org_id], pipeline, stage)
     query = partial(records.summaries, after=paging.after, limit=paging.limit + 1, pipeline=pipeline, stage=stage,
-                    updated_since=_utc(updated_since))
-    items = await ctx.read(query, rules, who.org_id)
-    return page(items, paging.limit, lambda r: r["id"])
+                    updated_since=utc(updated_since))
+    return await ctx.listing(lambda conn: page(query(conn, rules, who.org_id), paging.limit, lambda r: r["id"]))
 
 
 @router.get("/records/{record_id}", response_model=Record, response_model_exclude_unset=True,
