@@ -3,6 +3,7 @@ OpenAPI document, tokens (401/403/404), problem documents."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 PROBLEM = "application/problem+json"
@@ -32,6 +33,24 @@ def test_no_unknown_or_revoked_token_is_401_problem(gw):
         gw.cli("token", "revoke", str(out["id"]))
         r = api.get("/quota")
     assert r.status_code == 401 and r.json()["detail"] == "unknown or revoked token"
+
+
+def test_token_of_a_user_gone_from_the_rules_is_401(gw):
+    token = gw.token(scope="read", user="suzuki@zylker.example", name="suzuki-crm")
+    with gw.api(token) as api:
+        assert api.get("/quota").status_code == 200
+        rules = gw.config_dir / "rules" / "zylker.toml"
+        text = rules.read_text()
+        start = text.index('[[users]]\nemail = "suzuki@zylker.example"')
+        rules.write_text(text[:start] + text[text.index("[[pipelines]]", start):])
+        assert asyncio.run_coroutine_threadsafe(gw.app.reload("test"), gw.thread.loop).result(30)
+        r = api.get("/quota")
+        assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+        assert "suzuki@zylker.example" in r.json()["detail"] and "no longer" in r.json()["detail"]
+        # Back in the rules (the same user row): the token works again.
+        rules.write_text(text)
+        assert asyncio.run_coroutine_threadsafe(gw.app.reload("test"), gw.thread.loop).result(30)
+        assert api.get("/quota").status_code == 200
 
 
 def test_quota_is_the_tokens_organisations(gw):

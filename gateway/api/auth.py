@@ -32,8 +32,14 @@ async def principal(request: Request,
         raise Problem(401, "unknown or revoked token")
     ctx = await context(request)
     found = await ctx.read(tokens.principal, token)
-    if found is None or found.org_id not in ctx.rules.orgs:  # an organisation gone from the rules: its tokens too
+    org = ctx.rules.orgs.get(found.org_id) if found is not None else None
+    if found is None or org is None:  # an organisation gone from the rules: its tokens too
         raise Problem(401, "unknown or revoked token")
+    if found.user_id is not None:
+        user = org.users.get(found.user_email or "")
+        if user is None or user.id != found.user_id:  # the user left the rules: so did what they could see
+            raise Problem(401, f"token {found.name!r} belongs to {found.user_email}, who is no longer a user "
+                               f"of {found.org_id}")
     return found
 
 
