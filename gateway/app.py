@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from gateway import logs, metrics
 from gateway.delivery import Deliveries, FilingFunction
 from gateway.filing import file
+from gateway.outbox import Outbox
 from gateway.errors import ConfigError
 from gateway.rules.index import RuleIndex
 from gateway.rules.loader import load_rules
@@ -102,6 +103,8 @@ class App:
     api: Any = None
     api_context: Any = None
     _api_task: Any = None
+    # Events: sequencing, webhook deliveries, pruning (gateway/outbox.py).
+    outbox: Outbox | None = None
 
     @property
     def engine(self) -> Engine | None:
@@ -120,6 +123,9 @@ class App:
         self.deliveries = Deliveries(database, rules, self.pool, quarantine_after=s.limits.quarantine_after_attempts,
                                      writer=LoopWriter(database) if database.is_sqlite else None,
                                      filing=self.filing or file)
+        # Events: sequenced, delivered to webhooks and pruned by the outbox's task.
+        self.outbox = Outbox(database, s)
+        self.deliveries.changed = self.outbox.wake
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
                 continue
@@ -167,6 +173,7 @@ class App:
         if s.limits.rules_poll_seconds > 0:
             self._tasks.append(loop.create_task(self._watch_rules()))
         await self._start_database_probe()
+        self.outbox.start()
         metrics.up.set(1)
 
     async def _start_api(self, host: str, port: int) -> None:
@@ -184,7 +191,8 @@ class App:
         except OSError as exc:
             raise _cannot_listen("api", host, port, exc) from exc
         sock.setblocking(False)
-        self.api_context = ApiContext(self.database, lambda: deliveries.rules, recipients_changed=self._postfix_map)
+        self.api_context = ApiContext(self.database, lambda: deliveries.rules, recipients_changed=self._postfix_map,
+                                      changed=self.outbox.wake)
         self.api = ApiServer(build_app(self.api_context), sock)
         self._api_task = asyncio.get_running_loop().create_task(self.api.serve())
         address = sock.getsockname()
@@ -368,6 +376,8 @@ class App:
             self.api.stop()
             await asyncio.wait([self._api_task], timeout=grace)
             self.api_context.shutdown()
+        if self.outbox is not None:
+            await self.outbox.stop()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
         if self.deliveries is not None and self.deliveries.writer is not None:

@@ -76,6 +76,8 @@ class Deliveries:
         # SQLite: small messages are filed on the loop in batches (store/writer.py).
         self.writer = writer
         self.quarantine_after = quarantine_after
+        # Called after a commit that wrote events (the daemon's outbox wakes up).
+        self.changed: Callable[[], None] = lambda: None
         # What files one message for one route (the composition root may wrap it).
         self.filing = filing
 
@@ -123,6 +125,8 @@ class Deliveries:
             log.warning("recipient_decision", outcome="deferred", code=failure.reply.code,
                         status=failure.reply.status, reason=failure.detail, duration_ms=_ms(started))
             return [failure.reply] * len(routes)
+        if any(result is not None and result.result == "filed" for result, _ in outcomes):
+            self.changed()  # committed: the outbox may tell the CRM
         replies = []
         for route, (result, error) in zip(routes, outcomes):
             replies.append(await self._reply(route, parsed, envelope_sender, result, error, started))

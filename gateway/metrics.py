@@ -47,6 +47,9 @@ DB_OPERATIONS = (
     "probe",                # the periodic database probe (gateway_database_up)
     "api_read",             # an API request's reads (GET)
     "api_write",            # an API request's transaction (POST, PATCH, DELETE)
+    "events_sequence",      # put committed events in their organisation's feed order
+    "events_prune",         # delete events past the retention
+    "webhooks",             # webhook deliveries: hand events out, take due ones, record attempts
 )
 
 _SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 20971520)
@@ -114,6 +117,11 @@ parse_anomalies = Counter("gateway_parse_anomalies_total",
                           ["kind"], registry=REGISTRY)
 for _kind in ("parts_skipped", "empty_body"):
     parse_anomalies.labels(kind=_kind)
+events_sequenced = Counter("gateway_events_sequenced_total",
+                           "Events put in their organisation's feed (GET /v1/events, webhooks)", registry=REGISTRY)
+events_pruned = Counter("gateway_events_pruned_total",
+                        "Events deleted after [events] retention_days, with their webhook deliveries",
+                        registry=REGISTRY)
 rule_reloads = Counter("gateway_rule_reloads_total", "Rule reloads by result (ok|failed)",
                        ["result"], registry=REGISTRY)
 for _result in ("ok", "failed"):  # both series exist from the start, so increase() sees the first failure

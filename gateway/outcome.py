@@ -17,7 +17,8 @@ back (stored decisions of any age, relay decisions included).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Union
+from datetime import datetime
+from typing import Any, Literal, Mapping, Union
 
 Kind = Literal["lead", "contact"]
 Action = Literal["matched", "created", "joined"]
@@ -217,6 +218,12 @@ class Filing:
     result: Result
     decision: Decision | None  # None for a duplicate: nothing new was decided
     email_id: int | None = None
+    # What the commit wrote besides (for the events of the change, gateway/events.py):
+    # its one time stamp, the emails row (with its id) and the email's links in the
+    # order they were made.
+    at: datetime | None = None
+    links: tuple[Link, ...] = ()
+    email: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def duplicate(self) -> bool:

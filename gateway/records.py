@@ -180,7 +180,18 @@ def move(conn: Connection, rules: RuleIndex, record_id: int, stage: str, cause: 
         return {"id": record_id, "from": stage, "to": stage, "changed": False}
     store_records.set_stage(conn, record_id, stage)
     store_records.add_stage_change(conn, row.org_id, record_id, row.stage, stage, cause, actor=actor)
+    _tell_stage_change(conn, rules, row.org_id, record_id, row.pipeline, row.stage, stage, "manual", actor)
     return {"id": record_id, "from": row.stage, "to": stage, "changed": True}
+
+
+def _tell_stage_change(conn: Connection, rules: RuleIndex, org_id: str, record_id: int, pipeline: str,
+                       from_stage: str, to_stage: str, reason: str, actor: str | None) -> None:
+    """record.stage_changed, in the transaction of the move (under the record's lock)."""
+    from gateway import events
+    from gateway.store import events as store_events
+
+    store_events.append(conn, org_id, [events.stage_changed(rules.orgs[org_id], record_id, pipeline, from_stage,
+                                                             to_stage, reason, actor=actor)])
 
 
 def edit(conn: Connection, rules: RuleIndex, org_id: str, record_id: int, changes: Mapping[str, Any],
@@ -205,6 +216,7 @@ def edit(conn: Connection, rules: RuleIndex, org_id: str, record_id: int, change
     if stage != row.stage:
         store_records.set_stage(conn, record_id, stage)
         store_records.add_stage_change(conn, org_id, record_id, row.stage, stage, "manual", actor=actor)
+        _tell_stage_change(conn, rules, org_id, record_id, row.pipeline, row.stage, stage, "api", actor)
         changed.append("stage")
     if owner_id != row.owner_id:
         store_records.set_owner(conn, record_id, owner_id)

@@ -143,6 +143,34 @@ class Postfix(_Strict):
     postmap_command: str | None = None
 
 
+class Events(_Strict):
+    """The outbox (issue 14)."""
+
+    # Events (and their webhook deliveries) are deleted this long after they were made.
+    retention_days: float = Field(30.0, gt=0, le=3650)
+    # How often the daemon looks for events other processes wrote (its own: at once).
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+
+
+class Webhooks(_Strict):
+    """Delivery of events to the [[webhooks]] of the rules."""
+
+    # Waits before each retry; after the last, the event is failed for that endpoint.
+    retry_seconds: list[float] = Field(default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 10800, 21600],
+                                       max_length=50)
+    # An attempt that has no 2xx answer within this long has failed.
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Attempts in flight per endpoint (one slow endpoint never holds up another).
+    concurrency: int = Field(4, ge=1, le=64)
+
+    @field_validator("retry_seconds")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value):
+            raise ValueError("every retry wait must be more than 0 seconds")
+        return value
+
+
 class Settings(_Strict):
     server: Server = Server()
     listeners: Listeners = Listeners()
@@ -153,6 +181,8 @@ class Settings(_Strict):
     submission: Submission = Submission()
     relay: Relay = Relay()
     postfix: Postfix = Postfix()
+    events: Events = Events()
+    webhooks: Webhooks = Webhooks()
 
     # Filled in by load(): where the file was, for resolving relative paths.
     base_dir: Path = Path(".")

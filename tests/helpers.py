@@ -348,19 +348,26 @@ class FailingFiling:
 
         self._real = filing.file
         self._broken: type | None = None
+        self._after = False
 
     def __call__(self, conn: Any, rules: Any, route: Any, parsed: Any, sender: str) -> Any:
-        if self._broken is not None and isinstance(route, self._broken):
+        broken = self._broken is not None and isinstance(route, self._broken)
+        if broken and not self._after:
             raise RuntimeError("boom")
-        return self._real(conn, rules, route, parsed, sender)
+        filing = self._real(conn, rules, route, parsed, sender)
+        if broken:
+            raise RuntimeError("boom after the filing's writes")  # the transaction rolls back
+        return filing
 
     @contextmanager
-    def failing(self, route_type: type) -> Iterator[None]:
-        self._broken = route_type
+    def failing(self, route_type: type, after: bool = False) -> Iterator[None]:
+        """Filing for ``route_type`` raises: before it writes, or (``after``) once it
+        has written everything, events included -- so the transaction is rolled back."""
+        self._broken, self._after = route_type, after
         try:
             yield
         finally:
-            self._broken = None
+            self._broken, self._after = None, False
 
 
 def drop_schema(conn: Any, schema: str) -> None:

@@ -28,8 +28,10 @@ _NOT_TEMPORARY = (sqlalchemy.exc.DataError, sqlalchemy.exc.ProgrammingError)
 
 class ApiContext:
     def __init__(self, database: Database, rules: Callable[[], RuleIndex], threads: int = 2,
-                 recipients_changed: Callable[[], None] | None = None):
+                 recipients_changed: Callable[[], None] | None = None, changed: Callable[[], None] | None = None):
         self.database = database
+        # Called after every committed write: the outbox tells the CRM about it.
+        self._changed = changed
         self._rules = rules
         # Called (in the API's threads) after a dropbox address changed: the daemon
         # rewrites the Postfix recipient map when it keeps one.
@@ -47,7 +49,10 @@ class ApiContext:
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(conn, *args) in a write transaction (committed on success), in the API's threads."""
-        return await self._run("api_write", self.database.writing, fn, *args)
+        result = await self._run("api_write", self.database.writing, fn, *args)
+        if self._changed is not None:
+            self._changed()
+        return result
 
     async def _run(self, operation: str, how: Callable[..., T], fn: Callable[..., Any], *args: Any) -> T:
         # Timed and mapped as the SMTP side's database work (delivery.guarded): trouble

@@ -22,12 +22,13 @@ from typing import Any, Callable
 
 from sqlalchemy import Connection
 
+from gateway import events
 from gateway.filing import alias, dropbox
 from gateway.outcome import Filing, Plan
 from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxRoute, Route
 from gateway.rules.index import RuleIndex
-from gateway.store import filing as store_filing
+from gateway.store import events as store_events, filing as store_filing
 
 
 def _plan_dropbox(conn: Connection, rules: RuleIndex, route: Any, parsed: ParsedMessage, sender: str) -> Plan:
@@ -46,5 +47,9 @@ def plan(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage
 
 
 def file(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str) -> Filing:
-    """Plan, then commit, on ``conn`` (the caller's transaction)."""
-    return store_filing.commit(conn, parsed, plan(conn, rules, route, parsed, envelope_sender))
+    """Plan, then commit, on ``conn`` (the caller's transaction), with the events that
+    tell the CRM about it (gateway/events.py) in the same transaction."""
+    planned = plan(conn, rules, route, parsed, envelope_sender)
+    filing = store_filing.commit(conn, parsed, planned)
+    store_events.append(conn, planned.org_id, events.for_filing(rules, planned, parsed, filing))
+    return filing

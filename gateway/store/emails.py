@@ -49,13 +49,18 @@ _stmts = PerDialect(_Statements)
 
 
 def store(conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None,
-          kind: str = "message", visibility: str = "public") -> int:
+          kind: str = "message", visibility: str = "public", arrived: datetime | None = None) -> int:
     """Store a message (with its raw bytes and attachment list); its id.  ``visibility``:
     the filing user's sharing setting (SPEC 2.12); mail no user filed is public within
     the organisation."""
-    st = _stmts(conn)
-    arrived = now()
-    email_id = st.email.scalar(conn, {
+    return insert(conn, values(org_id, p, source=source, direction=direction, filed_by=filed_by, kind=kind,
+                               visibility=visibility, arrived=arrived or now()), p)
+
+
+def values(org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None, kind: str,
+           visibility: str, arrived: datetime) -> dict[str, Any]:
+    """The emails row of a message (without its id)."""
+    return {
         "org_id": org_id,
         "message_id": p.message_id,
         "subject": p.subject,
@@ -77,12 +82,18 @@ def store(conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direc
         "in_reply_to": list(p.in_reply_to),
         "references": list(p.references),
         "visibility": visibility,
-    })
+    }
+
+
+def insert(conn: Connection, row: dict[str, Any], p: ParsedMessage) -> int:
+    """Insert the emails ``row`` of ``p`` with its raw bytes and attachment list; its id."""
+    st = _stmts(conn)
+    email_id = st.email.scalar(conn, row)
     assert email_id is not None
-    st.raw.run(conn, {"email_id": email_id, "org_id": org_id, "content": p.raw})
+    st.raw.run(conn, {"email_id": email_id, "org_id": row["org_id"], "content": p.raw})
     if p.attachments:
         conn.execute(st.attachments, [
-            {"org_id": org_id, "email_id": email_id, "filename": a.filename,
+            {"org_id": row["org_id"], "email_id": email_id, "filename": a.filename,
              "content_type": a.content_type, "size": a.size}
             for a in p.attachments
         ])

@@ -8,6 +8,10 @@ rolled back by `gateway explain`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import Connection
 
 from gateway.outcome import (
@@ -18,6 +22,7 @@ from gateway.outcome import (
     DropNoise,
     Filing,
     JoinRecord,
+    Link,
     NewRecord,
     Person,
     Plan,
@@ -28,6 +33,7 @@ from gateway.outcome import (
 )
 from gateway.message import ParsedMessage
 from gateway.store import deliveries, emails, people, records
+from gateway.store.sql import now
 
 
 def commit(conn: Connection, parsed: ParsedMessage, plan: Plan) -> Filing:
@@ -35,40 +41,59 @@ def commit(conn: Connection, parsed: ParsedMessage, plan: Plan) -> Filing:
     delivery_id = deliveries.claim(conn, plan.org_id, plan.route_key, parsed, plan_json(plan))
     if delivery_id is None:
         return Filing("duplicate", None)
-    if isinstance(plan, DropboxPlan):
-        filing = _dropbox(conn, parsed, plan)
-    else:
-        filing = _alias(conn, parsed, plan)
+    w = _Writer(conn, plan.org_id, now())
+    filing = _dropbox(w, parsed, plan) if isinstance(plan, DropboxPlan) else _alias(w, parsed, plan)
     assert filing.decision is not None
     deliveries.finish(conn, delivery_id, filing.email_id, decision_json(filing.decision))
-    return filing
+    return replace(filing, at=w.at, links=tuple(w.links), email=w.email)
 
 
-def _dropbox(conn: Connection, parsed: ParsedMessage, plan: DropboxPlan) -> Filing:
+class _Writer:
+    """The connection, organisation and one time stamp of a commit, and the links it made."""
+
+    def __init__(self, conn: Connection, org_id: str, at: datetime):
+        self.conn, self.org_id, self.at = conn, org_id, at
+        self.links: list[Link] = []
+        self.email: dict[str, Any] | None = None  # the emails row written, with its id
+
+    def link(self, email_id: int, kind: str, target_id: int) -> None:
+        emails.link(self.conn, self.org_id, email_id, kind, target_id)
+        self.links.append(Link(kind, target_id))
+
+    def store(self, parsed: ParsedMessage, *, source: str, direction: str, filed_by: int | None,
+              kind: str = "message", visibility: str = "public") -> int:
+        self.email = emails.values(self.org_id, parsed, source=source, direction=direction, filed_by=filed_by,
+                                   kind=kind, visibility=visibility, arrived=self.at)
+        self.email["id"] = emails.insert(self.conn, self.email, parsed)
+        return self.email["id"]  # type: ignore[no-any-return]
+
+
+def _dropbox(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan) -> Filing:
     found = []
     for wanted in plan.wanted:  # sorted by address: row locks in one order
-        kind, person_id, action = people.find_or_create(conn, plan.org_id, wanted, plan.user_id, "dropbox")
+        kind, person_id, action = people.find_or_create(w.conn, plan.org_id, wanted, plan.user_id, "dropbox",
+                                                        at=w.at)
         found.append(Person(wanted.address, kind, person_id, action))  # type: ignore[arg-type]
-    email_id = emails.store(conn, plan.org_id, parsed, source="dropbox", direction="inbound", filed_by=plan.user_id,
-                            visibility=plan.visibility)
+    email_id = w.store(parsed, source="dropbox", direction="inbound", filed_by=plan.user_id,
+                       visibility=plan.visibility)
     for person in found:
         assert person.id is not None
-        emails.link(conn, plan.org_id, email_id, person.kind, person.id)
+        w.link(email_id, person.kind, person.id)
     decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, tuple(found))
     return Filing("filed", decision, email_id)
 
 
-def _alias(conn: Connection, parsed: ParsedMessage, plan: AliasPlan) -> Filing:
-    org_id, action = plan.org_id, plan.action
+def _alias(w: _Writer, parsed: ParsedMessage, plan: AliasPlan) -> Filing:
+    conn, org_id, action = w.conn, plan.org_id, plan.action
     base = dict(alias=plan.alias, pipeline=plan.pipeline, sender=plan.sender, noise=plan.noise, thread=plan.thread)
     if isinstance(action, DropNoise):
         return Filing("dropped", AliasDecision(**base, outcome="dropped"))
     if isinstance(action, JoinRecord):
-        email_id = emails.store(conn, org_id, parsed, source="alias", direction="inbound", filed_by=None,
-                                kind=plan.noise.kind if plan.noise else "message")
-        emails.link(conn, org_id, email_id, "record", action.record_id)
+        email_id = w.store(parsed, source="alias", direction="inbound", filed_by=None,
+                           kind=plan.noise.kind if plan.noise else "message")
+        w.link(email_id, "record", action.record_id)
         if action.link_contact is not None:
-            emails.link(conn, org_id, email_id, "contact", action.link_contact)
+            w.link(email_id, "contact", action.link_contact)
         if action.participate:
             records.participate(conn, org_id, action.record_id, plan.sender)
         change = action.stage_change
@@ -78,25 +103,25 @@ def _alias(conn: Connection, parsed: ParsedMessage, plan: AliasPlan) -> Filing:
                                      change.cause, email_id)
         return Filing("filed", AliasDecision(**base, outcome="filed", record=Touched(action.record_id, "joined"),
                                              stage_change=change), email_id)
-    return _new_record(conn, parsed, plan, action, base)
+    return _new_record(w, parsed, plan, action, base)
 
 
-def _new_record(conn: Connection, parsed: ParsedMessage, plan: AliasPlan, action: NewRecord,
+def _new_record(w: _Writer, parsed: ParsedMessage, plan: AliasPlan, action: NewRecord,
                 base: dict) -> Filing:  # type: ignore[type-arg]
-    org_id = plan.org_id
+    conn, org_id = w.conn, plan.org_id
     contact: Touched | None = None
     if action.contact is not None:
         _, contact_id, made = people.find_or_create(conn, org_id, action.contact, action.owner_id, "alias",
-                                                    action.first_name, action.last_name)
+                                                    action.first_name, action.last_name, at=w.at)
         contact = Touched(contact_id, made)  # type: ignore[arg-type]
     record_id = records.create(conn, org_id, pipeline_id=action.pipeline_id, stage=action.stage, title=action.title,
                                owner_id=action.owner_id, tags=list(action.tags),
-                               contact_id=contact.id if contact else None)
-    email_id = emails.store(conn, org_id, parsed, source="alias", direction="inbound", filed_by=None)
-    emails.link(conn, org_id, email_id, "record", record_id)
+                               contact_id=contact.id if contact else None, at=w.at)
+    email_id = w.store(parsed, source="alias", direction="inbound", filed_by=None)
+    w.link(email_id, "record", record_id)
     if contact is not None:
         assert contact.id is not None
-        emails.link(conn, org_id, email_id, "contact", contact.id)
+        w.link(email_id, "contact", contact.id)
         records.participate(conn, org_id, record_id, plan.sender)
     change = StageChange(None, action.stage, "created")
     records.add_stage_change(conn, org_id, record_id, None, action.stage, "created", email_id)

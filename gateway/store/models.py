@@ -245,6 +245,8 @@ class QuotaBucket(Base):
     used: Mapped[int] = mapped_column(Integer)
     day_limit: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The first refusal of the day (quota.exhausted is told once per bucket).
+    exhausted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class DeliveryFailure(Base):
@@ -313,3 +315,77 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Event(Base):
+    """The outbox (issue 14): one row per change a CRM is told about, written in the
+    transaction of the change.  ``seq`` is the event's place in its organisation's
+    feed, given after commit by the sequencer (gateway/store/events.py) in commit
+    order; until then the event is in no feed and no webhook."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("org_id", "seq"),
+        Index("ix_events_unsequenced", "org_id", "id", postgresql_where="seq IS NULL", sqlite_where="seq IS NULL"),
+        Index("ix_events_org_id_created_at", "org_id", "created_at"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    type: Mapped[str] = mapped_column(String(40))
+    # Events of one record reach each endpoint in order.
+    record_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict] = mapped_column(JSON)
+
+
+class EventCounter(Base):
+    """The last ``seq`` given per organisation (the sequencer's lock, too)."""
+
+    __tablename__ = "event_counters"
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookEndpoint(Base):
+    """A `[[webhooks]]` entry of an organisation's rules, by URL; ``cursor`` is the
+    last seq handed to its deliveries."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (UniqueConstraint("org_id", "url"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list | None] = mapped_column(JSON, nullable=True)  # None: every type
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: pending (due at next_attempt_at; taken by one
+    process until lease_until), delivered, or failed after the last retry."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "endpoint_id", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    record_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(10))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

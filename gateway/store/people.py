@@ -48,7 +48,7 @@ def find(conn: Connection, org_id: str, kind: Kind, address: str) -> int | None:
 
 def find_or_create(
     conn: Connection, org_id: str, wanted: PersonWanted, owner_id: int | None, source: str,
-    first_name: str = "", last_name: str | None = None,
+    first_name: str = "", last_name: str | None = None, at: datetime | None = None,
 ) -> tuple[Kind, int, str]:
     """(kind, id, "matched" | "created"): the first match in the search order, or a new
     one of the kind to create."""
@@ -59,7 +59,7 @@ def find_or_create(
         if found is not None:
             return kind, found, "matched"
     # SPEC 2.7: without a name, the address is both the email and the last name.
-    stamp = now()
+    stamp = at or now()
     created = st.create[wanted.creates].scalar(conn, {
         "org_id": org_id, "email": wanted.address, "first_name": first_name,
         "last_name": last_name or wanted.address, "owner_id": owner_id, "source": source, "created_at": stamp,

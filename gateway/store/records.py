@@ -25,8 +25,8 @@ class RecordRow(NamedTuple):
 
 
 def create(conn: Connection, org_id: str, *, pipeline_id: int, stage: str, title: str, owner_id: int | None,
-           tags: list[str], contact_id: int | None) -> int:
-    stamp = now()
+           tags: list[str], contact_id: int | None, at: datetime | None = None) -> int:
+    stamp = at or now()
     return conn.execute(
         _RECORDS.insert().values(
             org_id=org_id, pipeline_id=pipeline_id, stage=stage, title=title, owner_id=owner_id, tags=tags,

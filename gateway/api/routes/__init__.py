@@ -5,10 +5,11 @@
     emails.py    /emails (list, get, raw, attachments), sharing enforced
     records.py   /records (list, get, PATCH stage/owner/tags)
     users.py     /users/{email}/dropbox (address, regenerate, vCard)
+    events.py    /events (the pull feed of issue 14)
 """
 
 from __future__ import annotations
 
-from gateway.api.routes import account, emails, people, records, users
+from gateway.api.routes import account, emails, events, people, records, users
 
-ROUTERS = [account.router, people.router, emails.router, records.router, users.router]
+ROUTERS = [account.router, people.router, emails.router, records.router, users.router, events.router]

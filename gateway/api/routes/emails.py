@@ -19,14 +19,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, Row
 
-from gateway import sharing
+from gateway import sharing, views
 from gateway.api.auth import context, principal
 from gateway.api.context import ApiContext
 from gateway.api.pagination import Page, PageParams, encode, page, page_params
 from gateway.api.problems import not_found
 from gateway.message import AttachmentInfo
 from gateway.parse import attachment as parse_attachment
-from gateway.records import ts
 from gateway.rules.index import OrgEntry
 from gateway.store import emails as store_emails
 from gateway.store.emails import EmailFilter
@@ -37,9 +36,6 @@ router = APIRouter(tags=["emails"])
 # Ids are 64-bit in the database: a larger number is a 422, never a driver error.
 MAX_ID = 2**63 - 1
 MAX_SCAN = 5000
-# The API's names of the stored sources (outbound mail is stored as relayed).
-_SOURCES = {"dropbox": "dropbox", "alias": "alias", "outbound": "relay"}
-_SHOWN_SOURCES = {stored: shown for shown, stored in _SOURCES.items()}
 
 
 class Sender(BaseModel):
@@ -88,30 +84,20 @@ class _Details:
     def __init__(self, conn: Connection, org_id: str, email_ids: Sequence[int]):
         self.links: dict[int, list[dict[str, Any]]] = {}
         self.customers: dict[int, list[str]] = {}
-        self.attachments: dict[int, list[dict[str, Any]]] = {}
+        self.attachments: dict[int, list[Any]] = {}
         for r in store_emails.api_links(conn, org_id, email_ids):
             self.links.setdefault(r.email_id, []).append({"kind": r.kind, "id": r.target_id})
             if r.address is not None:
                 self.customers.setdefault(r.email_id, []).append(r.address)
         for r in store_emails.api_attachments(conn, org_id, email_ids):
-            atts = self.attachments.setdefault(r.email_id, [])
-            atts.append({"index": len(atts), "filename": r.filename, "content_type": r.content_type, "size": r.size})
+            self.attachments.setdefault(r.email_id, []).append(r._mapping)
 
     def visible(self, org: OrgEntry, viewer: int | None, row: Row[Any]) -> bool:
         return sharing.visible(org, viewer, row.filed_by_user_id, row.visibility, self.customers.get(row.id, ()))
 
     def email(self, row: Row[Any], bodies: bool) -> dict[str, Any]:
-        out = {
-            "id": row.id, "message_id": row.message_id, "subject": row.subject,
-            "from": {"name": row.from_name, "address": row.from_address},
-            "to": row.to_addresses, "cc": row.cc_addresses, "date": ts(row.date), "received_at": ts(row.received_at),
-            "kind": row.kind, "direction": row.direction, "source": _SHOWN_SOURCES.get(row.source, row.source),
-            "filed_by": row.filed_by, "visibility": row.visibility, "size": row.size,
-            "links": self.links.get(row.id, []), "attachments": self.attachments.get(row.id, []),
-        }
-        if bodies:
-            out["text_body"], out["html_body"] = row.text_body, row.html_body
-        return out
+        return views.email(row._mapping, filed_by=row.filed_by, links=self.links.get(row.id, ()),
+                           attachments=self.attachments.get(row.id, ()), bodies=bodies)
 
 
 def _listing(conn: Connection, org: OrgEntry, viewer: int | None, where: EmailFilter, after: int, limit: int,
@@ -204,7 +190,7 @@ async def list_emails(
 ) -> Any:
     org = ctx.rules.orgs[who.org_id]
     where = EmailFilter(since_id=since_id, contact_id=contact_id, lead_id=lead_id, record_id=record_id,
-                        source=_SOURCES[source] if source else None)
+                        source=views.SOURCES[source] if source else None)
     return await ctx.listing(_listing, org, who.user_id, where, paging.after, paging.limit, include == "bodies")
 
 

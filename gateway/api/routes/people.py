@@ -18,14 +18,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import Connection, Row
 
-from gateway import people_import
+from gateway import people_import, views
 from gateway.api.auth import context, principal, writer
 from gateway.api.context import ApiContext
 from gateway.api.pagination import Page, PageParams, UpdatedSince, page, page_params, utc
 from gateway.api.problems import MEDIA_TYPE, Problem, not_found
 from gateway.outcome import Kind
 from gateway.people_import import Importer, PersonIn, RowError
-from gateway.records import ts
 from gateway.store import people as store_people
 from gateway.store.people import Upsert, UpsertResult
 from gateway.store.tokens import Principal
@@ -69,9 +68,7 @@ def _problem(description: str) -> dict[str, Any]:
 
 
 def _item(row: Row[Any]) -> dict[str, Any]:
-    return {"id": row.id, "email": row.email, "first_name": row.first_name, "last_name": row.last_name,
-            "external_id": row.external_id, "owner": row.owner, "source": row.source,
-            "created_at": ts(row.created_at), "updated_at": ts(row.updated_at)}
+    return views.person(row._mapping, row.owner)
 
 
 def _listing(conn: Connection, kind: Kind, org_id: str, after: int, limit: int, email: str | None,

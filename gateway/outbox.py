@@ -1,0 +1,126 @@
+"""The daemon's side of the outbox (issue 14): put committed events in their feed order
+(gateway/store/events.py ``sequence``), hand them to the webhook deliveries, prune
+what is older than the retention, keep the gauges current.
+
+It runs as one task on the event loop; its database work runs in the worker pool.
+``wake()`` (called after this process committed a change with events) starts a pass
+at once; otherwise a pass runs every ``[events] poll_seconds`` -- for the events
+other processes (other instances, `gateway import`) wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, Awaitable, Callable, TypeVar
+
+from gateway import logs, metrics
+from gateway.delivery import guarded
+from gateway.errors import TemporaryFailure
+from gateway.settings import Settings
+from gateway.store import events as store_events
+from gateway.store.db import Database
+from gateway.store.sql import now
+
+log = logs.get("gateway.outbox")
+
+PRUNE_EVERY_SECONDS = 3600.0
+T = TypeVar("T")
+
+
+class Outbox:
+    def __init__(self, database: Database, settings: Settings,
+                 deliver: Callable[[], Awaitable[None]] | None = None):
+        self.database = database
+        self.settings = settings
+        # Its own thread for database work: the filing workers are never taken.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-outbox")
+        # One pass of the webhook deliveries (gateway/webhooks), after sequencing.
+        self.deliver = deliver
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._main())
+
+    def wake(self) -> None:
+        """A change with events was committed (any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if loop is asyncio.get_running_loop():
+                self._wake.set()
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in the outbox's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _main(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.events.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except TemporaryFailure as exc:
+                log.warning("outbox_pass_failed", error=exc.detail)
+            except Exception as exc:  # a bug: logged, the next pass tries again
+                metrics.errors.labels(component="outbox").inc()
+                log.error("outbox_pass_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    async def step(self) -> int:
+        """One pass: sequence, deliver, maybe prune; the number of events sequenced."""
+        sequenced = await self.run(guarded(self._sequence_all, "events_sequence"))
+        if self.deliver is not None:
+            await self.deliver()
+        if time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS:
+            self._last_prune = time.monotonic()
+            await self.run(guarded(self._prune, "events_prune"))
+        return int(sequenced)
+
+    def _sequence_all(self) -> int:
+        done = 0
+        for org_id in self.database.reading(store_events.unsequenced_orgs):
+            while True:
+                n = self.database.writing(store_events.sequence, org_id)
+                done += n
+                if n < store_events.SEQUENCE_BATCH:
+                    break
+        metrics.events_sequenced.inc(done)
+        return done
+
+    def _prune(self) -> int:
+        before = now() - timedelta(days=self.settings.events.retention_days)
+        total = 0
+        while True:
+            n = self.database.writing(store_events.prune, before)
+            total += n
+            if n == 0:
+                break
+        if total:
+            metrics.events_pruned.inc(total)
+            log.info("events_pruned", count=total, before=before.isoformat())
+        return total

@@ -1,0 +1,129 @@
+"""Events (issue 14): the outbox written with each change, in commit order, and the pull
+feed GET /v1/events -- over real LMTP/SMTP and HTTP against the running daemon."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.helpers import message
+
+PROBLEM = "application/problem+json"
+H = "hashimoto@zylker.example"
+
+
+def feed(gw, token: str, **params: Any) -> dict[str, Any]:
+    with gw.api(token) as api:
+        r = api.get("/events", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_events(gw, token: str, count: int, timeout: float = 15.0, **params: Any) -> list[dict[str, Any]]:
+    """The feed once it holds ``count`` events (the outbox sequences right after a commit)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items = feed(gw, token, limit=500, **params)["items"]
+        if len(items) >= count or time.monotonic() > deadline:
+            return items
+        time.sleep(0.05)
+
+
+def test_dropbox_filing_tells_lead_created_then_email_filed(gw):
+    token = gw.token(scope="read")
+    data = message(to="Charles <charless@zillum.com>", attachments=[("q.pdf", "application/pdf", b"%PDF-1")])
+    assert gw.lmtp(H, [gw.dropbox(H)], data).codes == [250]
+    items = wait_events(gw, token, 2)
+    assert [e["type"] for e in items] == ["lead.created", "email.filed"]
+    lead, filed = items
+    ex = gw.export()
+    (stored_lead,), (stored_email,) = ex["leads"], ex["emails"]
+    with gw.api(token) as api:
+        assert lead["data"] == api.get(f"/leads/{stored_lead['id']}").json()
+        shown = api.get(f"/emails/{stored_email['id']}").json()
+    del shown["text_body"], shown["html_body"]
+    assert filed["data"]["email"] == shown  # the API's representation minus bodies
+    assert filed["data"]["decision"]["people"][0]["action"] == "created"
+    assert filed["data"]["email"]["attachments"] == [{"index": 0, "filename": "q.pdf",
+                                                     "content_type": "application/pdf", "size": 6}]
+    assert lead["id"].startswith("evt_zylker_") and lead["timestamp"].endswith("Z")
+    assert set(lead) == {"id", "type", "timestamp", "data"}
+
+
+def test_alias_new_record_reply_reopen_and_api_move(gw):
+    token = gw.token(scope="write", name="crm-sync")
+    customer = "charles@zillum.com"
+    first = message(frm=f"Charles <{customer}>", to="service@in.zylker.example", subject="Broken",
+                    message_id="<first@zillum.com>")
+    assert gw.lmtp(customer, ["service@in.zylker.example"], first).codes == [250]
+    items = wait_events(gw, token, 3)
+    assert [e["type"] for e in items] == ["contact.created", "record.created", "email.filed"]
+    record = items[1]["data"]["record"]
+    with gw.api(token) as api:
+        shown = api.get(f"/records/{record['id']}").json()
+        assert {k: shown[k] for k in ("id", "pipeline", "stage", "title", "token", "owner", "tags")} \
+            == {k: record[k] for k in ("id", "pipeline", "stage", "title", "token", "owner", "tags")}
+        assert items[0]["data"] == api.get(f"/contacts/{record['contact_id']}").json()
+        r = api.patch(f"/records/{record['id']}", json={"stage": "Closed"})
+        assert r.status_code == 200, r.text
+    reply = message(frm=f"Charles <{customer}>", to="service@in.zylker.example", subject="Re: Broken",
+                    message_id="<second@zillum.com>", headers={"In-Reply-To": "<first@zillum.com>"})
+    assert gw.lmtp(customer, ["service@in.zylker.example"], reply).codes == [250]
+    items = wait_events(gw, token, 6)
+    assert [e["type"] for e in items[3:]] == ["record.stage_changed", "record.stage_changed", "email.filed"]
+    moved, reopened = items[3]["data"], items[4]["data"]
+    assert (moved["from"], moved["to"], moved["reason"], moved["actor"]) == ("Open", "Closed", "api", "crm-sync")
+    assert (reopened["from"], reopened["to"], reopened["reason"]) == ("Closed", "Reopened", "reply")
+    assert reopened["email_id"] == items[5]["data"]["email"]["id"]
+    # Ids in feed order; after= continues after one.
+    seqs = [int(e["id"].rsplit("_", 1)[1]) for e in items]
+    assert seqs == sorted(seqs) == list(range(seqs[0], seqs[0] + 6))
+    page = feed(gw, token, after=items[2]["id"], limit=2)
+    assert [e["id"] for e in page["items"]] == [items[3]["id"], items[4]["id"]]
+    assert page["next_after"] == items[4]["id"]
+    assert feed(gw, token, after=items[5]["id"]) == {"items": [], "next_after": items[5]["id"]}
+    only = feed(gw, token, types="record.created,contact.created")["items"]
+    assert [e["type"] for e in only] == ["contact.created", "record.created"]
+
+
+def test_retry_and_dropped_mail_make_no_event_and_other_organisations_see_none(gw):
+    zylker, lumen = gw.token(scope="read"), gw.token("lumen", scope="read")
+    data = message(message_id="<once@zylker.example>")
+    assert gw.lmtp(H, [gw.dropbox(H)], data).codes == [250]
+    assert gw.lmtp(H, [gw.dropbox(H)], data).codes == [250]  # the MTA's retry: a duplicate
+    # An auto-reply outside any thread is dropped: no event.
+    auto = message(frm="robot@zillum.com", to="service@in.zylker.example", headers={"Auto-Submitted": "auto-replied"})
+    assert gw.lmtp("robot@zillum.com", ["service@in.zylker.example"], auto).codes == [250]
+    assert [e["type"] for e in wait_events(gw, zylker, 2)] == ["lead.created", "email.filed"]
+    time.sleep(0.5)
+    assert len(feed(gw, zylker)["items"]) == 2
+    assert feed(gw, lumen) == {"items": [], "next_after": None}
+    # Another organisation's event id is not an id of this one.
+    first = feed(gw, zylker)["items"][0]["id"]
+    with gw.api(lumen) as api:
+        r = api.get("/events", params={"after": first})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+
+
+def test_rolled_back_filing_writes_no_event(faulty):
+    from gateway.routing import DropboxRoute
+
+    gw, faults = faulty
+    token = gw.token(scope="read")
+    with faults.failing(DropboxRoute, after=True):
+        assert gw.lmtp(H, [gw.dropbox(H)], message()).codes == [451]
+    time.sleep(0.5)
+    assert feed(gw, token)["items"] == [] and gw.count("events") == 0 and gw.count("leads") == 0
+    # The MTA's retry files it, with its events.
+    assert gw.lmtp(H, [gw.dropbox(H)], message()).codes == [250]
+    assert [e["type"] for e in wait_events(gw, token, 2)] == ["lead.created", "email.filed"]
+
+
+@pytest.mark.parametrize("params", [{"after": "evt_zylker_x"}, {"after": "bogus"}, {"types": "email.filed,nope"},
+                                    {"limit": 0}, {"limit": 501}])
+def test_bad_feed_queries_are_422(gw, params):
+    with gw.api(gw.token(scope="read")) as api:
+        r = api.get("/events", params=params)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
