@@ -201,6 +201,7 @@ class Deliveries:
         except DeliveryFailure:
             return REPLIES.internal_error
         metrics.quarantined.labels(route=route.kind).inc()
+        self.changed()  # message.quarantined
         log.error("quarantined", org=route.org_id, route=route.kind, attempts=attempts, quarantine_id=kept,
                   error=error[:300])
         return REPLIES.quarantined

@@ -227,6 +227,11 @@ def person_created(org: OrgEntry, kind: str, values: dict[str, Any]) -> NewEvent
     return NewEvent(PERSON_CREATED[kind], views.person(values, _owner(org, values.get("owner_id"))))
 
 
+def people_created(kind: str, rows: Any) -> list[NewEvent]:
+    """contact.created / lead.created of rows just written (with their owner's address)."""
+    return [NewEvent(PERSON_CREATED[kind], views.person(r._mapping, r.owner)) for r in rows]
+
+
 def stage_changed(org: OrgEntry, record_id: int, pipeline: str, from_stage: str | None, to_stage: str,
                   reason: str, email_id: int | None = None, actor: str | None = None) -> NewEvent:
     token = record_token(org, pipeline, record_id) if pipeline in org.pipelines else None
@@ -234,6 +239,23 @@ def stage_changed(org: OrgEntry, record_id: int, pipeline: str, from_stage: str 
         "record_id": record_id, "pipeline": pipeline, "token": token, "from": from_stage, "to": to_stage,
         "reason": reason, "email_id": email_id, "actor": actor,
     }, record_id)
+
+
+def relay_failed(message_id: str | None, mail_from: str, recipients: list[str], login: str, reply: str,
+                 detail: str, refused: dict[str, str]) -> NewEvent:
+    return NewEvent(RELAY_FAILED, {"message_id": message_id, "mail_from": mail_from, "recipients": recipients,
+                                   "login": login, "error": (detail or reply)[:1000], "refused": dict(refused)})
+
+
+def quota_exhausted(mail_class: str, limit: int, day: str, resets_at: str) -> NewEvent:
+    return NewEvent(QUOTA_EXHAUSTED, {"class": mail_class, "limit": limit, "day": day, "resets_at": resets_at})
+
+
+def message_quarantined(quarantine_id: int, route: str, recipient: str, envelope_sender: str,
+                        message_id: str | None, attempts: int, error: str) -> NewEvent:
+    return NewEvent(MESSAGE_QUARANTINED, {
+        "quarantine_id": quarantine_id, "route": route, "recipient": recipient, "envelope_sender": envelope_sender,
+        "message_id": message_id, "attempts": attempts, "error": error[:1000]})
 
 
 def for_filing(rules: RuleIndex, plan: Plan, parsed: ParsedMessage, filing: Filing) -> list[NewEvent]:

@@ -16,6 +16,7 @@ from email.utils import format_datetime, make_msgid
 
 from sqlalchemy import Connection
 
+from gateway import events
 from gateway.addresses import domain_of, looks_like_address, normalise
 from gateway.filing.threads import first_evidence, header_evidence, record_token
 from gateway.errors import PermanentFailure
@@ -26,6 +27,8 @@ from gateway.outcome import Link, RelayDecision, decision_json
 from gateway.replies import REPLIES
 from gateway.rules.index import LoginEntry, OrgEntry, RuleIndex
 from gateway.store import conversations, deliveries, emails, people, records
+from gateway.store import events as store_events
+from gateway.store.sql import now
 
 RECORD_HEADER = "X-Gateway-Record"
 CONTROL_HEADERS = ("x-gateway-class", "x-gateway-record")
@@ -131,7 +134,9 @@ def store_outbound(conn: Connection, rules: RuleIndex, org_id: str, relayed: byt
     the decision is stored with the links it made."""
     parsed = parse_message(relayed)
     org = rules.orgs[org_id]
-    email_id = emails.store(conn, org_id, parsed, source="relay", direction="outbound", filed_by=filed_by)
+    row = emails.values(org_id, parsed, source="relay", direction="outbound", filed_by=filed_by, kind="message",
+                        visibility="public", arrived=now())
+    email_id = row["id"] = emails.insert(conn, row, parsed)
     links: list[Link] = []
     if record is not None:
         links.append(Link("record", record.id))
@@ -149,6 +154,8 @@ def store_outbound(conn: Connection, rules: RuleIndex, org_id: str, relayed: byt
         emails.link(conn, org_id, email_id, link.kind, link.id)
     filed = replace(decision, links=tuple(links))
     deliveries.record_relayed(conn, org_id, parsed, email_id, decision_json(filed))
+    store_events.append(conn, org_id, [events.email_filed(org, row, links, parsed, filed,
+                                                          record.id if record is not None else None)])
     return email_id
 
 

@@ -30,11 +30,12 @@ from typing import Any, Iterable, Iterator, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Connection
 
+from gateway import events
 from gateway.addresses import looks_like_address, normalise
 from gateway.errors import UserError
 from gateway.outcome import Kind
 from gateway.rules.index import OrgEntry
-from gateway.store import people as store_people
+from gateway.store import events as store_events, people as store_people
 from gateway.store.people import Upsert, UpsertResult
 
 BATCH_ROWS = store_people.CHUNK_ROWS  # rows per transaction (and per statement)
@@ -55,6 +56,15 @@ def _check_text(value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("not valid Unicode (an unpaired surrogate)") from None
+
+
+def tell_created(conn: Connection, org_id: str, kind: Kind, results: Sequence[UpsertResult]) -> None:
+    """contact.created / lead.created for the people ``results`` created, in the caller's
+    transaction (one read of the rows, one write of the events)."""
+    created = [r.id for r in results if r.action == "created" and r.id is not None]
+    if created:
+        store_events.append(conn, org_id, events.people_created(
+            kind, store_people.with_owners(conn, kind, org_id, created)))
 
 
 def checked_address(value: str) -> str:
@@ -282,8 +292,11 @@ class Importer:
             yield batch
 
     def write(self, conn: Connection, batch: Batch) -> list[UpsertResult]:
-        """Write one batch on the caller's transaction."""
-        return store_people.upsert(conn, self.org.id, self.kind, [u for _, u in batch], self.source)
+        """Write one batch on the caller's transaction, with the events of the people
+        it created."""
+        results = store_people.upsert(conn, self.org.id, self.kind, [u for _, u in batch], self.source)
+        tell_created(conn, self.org.id, self.kind, results)
+        return results
 
     def record(self, batch: Batch, results: Sequence[UpsertResult]) -> None:
         """Count a batch's results (once its transaction has committed)."""

@@ -15,13 +15,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from gateway import events
 from gateway.errors import UserError
 from gateway.filing import file
 from gateway.parse import parse_message
 from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxRoute, Route
 from gateway.rules.index import RuleIndex
-from gateway.store import quarantine as store_quarantine
+from gateway.store import events as store_events, quarantine as store_quarantine
 from gateway.store.db import Database
 from gateway.store.deliveries import message_key
 
@@ -37,9 +38,14 @@ def count_failure(conn: Connection, org_id: str, route: str, parsed: ParsedMessa
 
 def keep(conn: Connection, org_id: str, route: Route, parsed: ParsedMessage, envelope_sender: str,
          attempts: int, error: str) -> int | None:
-    """Put the message in the quarantine; its id (None if it is there already)."""
-    return store_quarantine.keep(conn, org_id, route.key, route_ref(route), message_key(parsed), envelope_sender,
+    """Put the message in the quarantine; its id (None if it is there already).  The
+    first time, message.quarantined tells the CRM, in the same transaction."""
+    kept = store_quarantine.keep(conn, org_id, route.key, route_ref(route), message_key(parsed), envelope_sender,
                                  parsed.raw, attempts, error)
+    if kept is not None:
+        store_events.append(conn, org_id, [events.message_quarantined(
+            kept, route.kind, route_ref(route), envelope_sender, parsed.message_id, attempts, error)])
+    return kept
 
 
 def listing(engine: Engine, org_id: str | None = None) -> list[dict[str, Any]]:

@@ -22,8 +22,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
+from gateway import events
 from gateway.rules.index import OrgEntry
-from gateway.store import quota as store_quota
+from gateway.store import events as store_events, quota as store_quota
 from gateway.store.sql import now
 
 MailClass = Literal["individual", "bulk"]
@@ -91,7 +92,14 @@ def reserve(conn: Connection, org: OrgEntry, mail_class: MailClass, count: int =
     limit = limit_for(org, mail_class)
     store_quota.ensure_bucket(conn, org.id, mail_class, day, limit)
     taken = store_quota.take(conn, org.id, mail_class, day, count, limit)
-    return Reservation(org.id, mail_class, day, count) if taken is not None else None
+    if taken is None:
+        if store_quota.first_refusal(conn, org.id, mail_class, day):
+            # quota.exhausted, once per organisation, class and day, with the refusal.
+            store_events.append(conn, org.id, [events.quota_exhausted(
+                mail_class, limit, day.isoformat(), next_reset(org.timezone, at).astimezone(timezone.utc)
+                .isoformat().replace("+00:00", "Z"))])
+        return None
+    return Reservation(org.id, mail_class, day, count)
 
 
 def release(conn: Connection, reservation: Reservation) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
 
-from gateway import logs, metrics, outbound, quota, signing
+from gateway import events, logs, metrics, outbound, quota, signing
 from gateway.addresses import domain_of, normalise
 from gateway.delivery import guarded
 from gateway.errors import DeliveryFailure, MalformedMessage, TemporaryFailure
@@ -27,9 +28,10 @@ from gateway.message import ParsedMessage
 from gateway.outcome import RelayDecision, ThreadMatch
 from gateway.parse import parse_message
 from gateway.quota import MailClass, Reservation
-from gateway.relay import Smarthost, relay
+from gateway.relay import RelayOutcome, Smarthost, relay
 from gateway.replies import REPLIES, Reply
 from gateway.rules.index import LoginEntry, OrgEntry, RuleIndex
+from gateway.store import events as store_events
 from gateway.store.db import Database
 from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
 
@@ -59,9 +61,12 @@ def quota_reply(org: OrgEntry, mail_class: MailClass) -> Reply:
 
 
 class Submitter:
-    def __init__(self, database: Database, pool: WorkerPool, smarthost: Smarthost, hostname: str):
+    def __init__(self, database: Database, pool: WorkerPool, smarthost: Smarthost, hostname: str,
+                 changed: Callable[[], None] = lambda: None):
         self.database = database
         self.pool = pool
+        # After a commit with events (the daemon's outbox wakes up).
+        self.changed = changed
         self.smarthost = smarthost
         self.hostname = hostname  # for the Message-ID of mail that has none
         self._pending: set[asyncio.Task[None]] = set()
@@ -78,8 +83,11 @@ class Submitter:
         return True
 
     async def _reserve(self, org: OrgEntry, mail_class: MailClass, count: int) -> Reservation | None:
-        return await self.pool.run(guarded(self.database.writing, "quota_reserve"), quota.reserve, org, mail_class,
-                                   count)
+        taken = await self.pool.run(guarded(self.database.writing, "quota_reserve"), quota.reserve, org, mail_class,
+                                    count)
+        if taken is None:
+            self.changed()  # the day's first refusal wrote quota.exhausted
+        return taken
 
     def release_later(self, tx: SubmissionTransaction) -> None:
         """Give back the tokens of a transaction that ended without DATA, in a task
@@ -170,6 +178,7 @@ class Submitter:
                  recipients=len(rcpts), refused=len(outcome.refused), detail=outcome.detail[:200],
                  record_id=record.id if record else None)
         if not outcome.ok:
+            await self._tell_failure(org.id, parsed, mail_from, list(rcpts), login.username, outcome)
             return outcome.reply
         # Taken for good: tokens of accepted recipients stay used; refused ones go back.
         kept, tx.reservations = tx.reservations, []
@@ -183,4 +192,19 @@ class Submitter:
         except DeliveryFailure as exc:
             # Already relayed: the mail is out, so the submitter must not resend it.
             log.error("outbound_not_stored", reason=exc.detail, message_id=message_id)
+        else:
+            self.changed()
         return REPLIES.relayed
+
+    async def _tell_failure(self, org_id: str, parsed: ParsedMessage, mail_from: str, rcpts: list[str], login: str,
+                            outcome: RelayOutcome) -> None:
+        """relay.failed, in a transaction of its own (the failure is the change); if the
+        database is down too, the submitter still hears the smarthost's answer."""
+        event = events.relay_failed(parsed.message_id, mail_from, rcpts, login, str(outcome.reply), outcome.detail,
+                                    outcome.refused)
+        try:
+            await self.pool.run(guarded(self.database.writing, "relay_store"), store_events.append, org_id, [event])
+        except DeliveryFailure as exc:
+            log.error("event_not_stored", type=event.type, org=org_id, reason=exc.detail)
+            return
+        self.changed()

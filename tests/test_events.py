@@ -3,6 +3,7 @@ feed GET /v1/events -- over real LMTP/SMTP and HTTP against the running daemon."
 
 from __future__ import annotations
 
+import smtplib
 import time
 from typing import Any
 
@@ -127,3 +128,78 @@ def test_bad_feed_queries_are_422(gw, params):
     with gw.api(gw.token(scope="read")) as api:
         r = api.get("/events", params=params)
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+
+
+def test_api_and_imports_tell_people_created_once(gw, tmp_path):
+    token = gw.token()
+    with gw.api(token) as api:
+        ann = api.post("/contacts", json={"email": "ann@example.com", "first_name": "Ann", "owner": H}).json()
+        assert api.post("/contacts", json={"email": "ann@example.com", "first_name": "Anne"}).status_code == 200
+        body = b'{"email": "p1@example.com"}\n{"email": "p2@example.com", "owner": "' + H.encode() + b'"}\nnot json\n'
+        r = api.post("/leads/import", content=body, headers={"Content-Type": "application/x-ndjson"})
+        assert r.json()["created"] == 2, r.text
+        leads = {p["email"]: p for p in api.get("/leads").json()["items"]}
+    items = wait_events(gw, token, 3)
+    assert [e["type"] for e in items] == ["contact.created", "lead.created", "lead.created"]
+    assert items[0]["data"]["id"] == ann["id"] and items[0]["data"]["first_name"] == "Ann"  # as created
+    assert [e["data"] for e in items[1:]] == [leads["p1@example.com"], leads["p2@example.com"]]
+    # The command line (another process): the daemon picks its events up by polling.
+    csv = tmp_path / "people.csv"
+    csv.write_text("email,first_name\nq1@example.com,Q\np1@example.com,P\n")
+    gw.cli("import", "leads", str(csv), "--org", "zylker")
+    items = wait_events(gw, token, 4)
+    assert [(e["type"], e["data"]["email"]) for e in items[3:]] == [("lead.created", "q1@example.com")]
+    gw.cli("import", "leads", str(csv), "--org", "zylker", "--dry-run")
+    time.sleep(1.5)
+    assert len(feed(gw, token)["items"]) == 4
+
+
+def test_outbound_relay_failure_and_quota_exhausted(gwr, sink):
+    zylker, lumen = gwr.token(scope="read"), gwr.token("lumen", scope="read")
+    k = "kitazawa@zylker.example"
+    tx = gwr.submit(message(frm=f"Hanako <{k}>", to="charles@zillum.com"), ["charles@zillum.com"], mail_from=k)
+    assert tx.codes == [250]
+    (filed,) = wait_events(gwr, zylker, 1)
+    assert filed["type"] == "email.filed"
+    email = filed["data"]["email"]
+    assert (email["direction"], email["source"], email["filed_by"]) == ("outbound", "outbound", k)
+    assert filed["data"]["decision"]["login"] == "crm@zylker.example"
+    sink.mode = "permfail"
+    tx = gwr.submit(message(frm=f"Hanako <{k}>", to="charles@zillum.com", subject="Again"), ["charles@zillum.com"],
+                    mail_from=k)
+    assert tx.codes == [554]
+    items = wait_events(gwr, zylker, 2)
+    failed = items[1]
+    assert failed["type"] == "relay.failed"
+    assert failed["data"]["recipients"] == ["charles@zillum.com"] and failed["data"]["mail_from"] == k
+    assert "5.7.1" in failed["data"]["error"] or "554" in failed["data"]["error"]
+    sink.mode = "accept"
+    # lumen: 50 individual mails a day; two refusals make one event.
+    with smtplib.SMTP("127.0.0.1", gwr.submission_port, timeout=30) as client:
+        client.ehlo()
+        client.login("crm@lumen.example", "demo-only")
+        assert client.mail("owner@lumen.example")[0] == 250
+        codes = [client.rcpt(f"r{i}@customer.example")[0] for i in range(52)]
+        assert codes[50:] == [451, 451]
+        client.rset()
+    (exhausted,) = wait_events(gwr, lumen, 1)
+    assert exhausted["type"] == "quota.exhausted"
+    assert (exhausted["data"]["class"], exhausted["data"]["limit"]) == ("individual", 50)
+    assert exhausted["data"]["resets_at"].endswith("T23:00:00Z") or exhausted["data"]["resets_at"].endswith("T22:00:00Z")
+    time.sleep(0.5)
+    assert len(feed(gwr, lumen)["items"]) == 1
+
+
+def test_quarantine_tells_message_quarantined(faulty):
+    from gateway.routing import DropboxRoute
+
+    gw, faults = faulty
+    token = gw.token(scope="read")
+    data = message(message_id="<poison@zylker.example>", to="p@customer.example")
+    with faults.failing(DropboxRoute):
+        codes = [gw.lmtp(H, [gw.dropbox(H)], data).codes[0] for _ in range(5)]
+    assert codes == [451] * 4 + [250]
+    (kept,) = wait_events(gw, token, 1)
+    assert kept["type"] == "message.quarantined"
+    assert (kept["data"]["route"], kept["data"]["recipient"], kept["data"]["attempts"]) == ("dropbox", H, 5)
+    assert kept["data"]["message_id"] == "poison@zylker.example" and "boom" in kept["data"]["error"]

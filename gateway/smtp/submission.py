@@ -57,7 +57,7 @@ class SubmissionHandler(Handler):
                          max_recipients=settings.limits.max_recipients)
         self.submitter = Submitter(deliveries.database, deliveries.pool,
                                    Smarthost.from_url(settings.relay.url, settings.relay.timeout_seconds),
-                                   settings.server.hostname)
+                                   settings.server.hostname, changed=lambda: deliveries.changed())
         # Not named auth_*: aiosmtpd takes the handler's auth_* attributes for mechanisms.
         self._password_checks = ThreadPoolExecutor(max_workers=_password_threads(),
                                                    thread_name_prefix="gateway-password")

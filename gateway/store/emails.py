@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Row, Select, and_, bindparam, exists, func, o
 from gateway.message import ParsedMessage
 from gateway.store import models as m
 from gateway.store.prepared import PerDialect, Prepared
-from gateway.store.sql import insert_for, now, tenant_rows
+from gateway.store.sql import insert_for, tenant_rows
 
 # Date headers this far ahead of arrival still count (clock skew).
 FUTURE_SKEW = timedelta(minutes=15)
@@ -48,18 +48,11 @@ class _Statements:
 _stmts = PerDialect(_Statements)
 
 
-def store(conn: Connection, org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None,
-          kind: str = "message", visibility: str = "public", arrived: datetime | None = None) -> int:
-    """Store a message (with its raw bytes and attachment list); its id.  ``visibility``:
-    the filing user's sharing setting (SPEC 2.12); mail no user filed is public within
-    the organisation."""
-    return insert(conn, values(org_id, p, source=source, direction=direction, filed_by=filed_by, kind=kind,
-                               visibility=visibility, arrived=arrived or now()), p)
-
-
 def values(org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None, kind: str,
            visibility: str, arrived: datetime) -> dict[str, Any]:
-    """The emails row of a message (without its id)."""
+    """The emails row of a message (without its id; insert() stores it).  ``visibility``:
+    the filing user's sharing setting (SPEC 2.12); mail no user filed is public within
+    the organisation."""
     return {
         "org_id": org_id,
         "message_id": p.message_id,

@@ -40,6 +40,18 @@ def take(conn: Connection, org_id: str, mail_class: str, day: date, count: int, 
     ).scalar_one_or_none()
 
 
+def first_refusal(conn: Connection, org_id: str, mail_class: str, day: date) -> bool:
+    """Mark the day's bucket exhausted; True only for the first refusal of the day (one
+    conditional UPDATE: exact across processes)."""
+    table = _BUCKETS
+    return conn.execute(
+        update(table)
+        .where(table.c.org_id == org_id, table.c.mail_class == mail_class, table.c.day == day,
+               table.c.exhausted_at.is_(None))
+        .values(exhausted_at=now())
+    ).rowcount == 1
+
+
 def give_back(conn: Connection, org_id: str, mail_class: str, day: date, count: int) -> None:
     """Return ``count`` tokens to the day's bucket (one UPDATE; never below zero)."""
     table = _BUCKETS

@@ -80,6 +80,7 @@ def _listing(conn: Connection, kind: Kind, org_id: str, after: int, limit: int, 
 def _save(conn: Connection, org_id: str, kind: Kind, upsert: Upsert) -> tuple[UpsertResult, Row[Any] | None]:
     """Create or update one person and read it back, in one transaction."""
     result = store_people.upsert(conn, org_id, kind, [upsert], "api")[0]
+    people_import.tell_created(conn, org_id, kind, [result])
     row = store_people.one(conn, kind, org_id, result.id) if result.id is not None else None
     return result, row
 
