@@ -26,7 +26,7 @@ from gateway import views
 from gateway.filing.threads import record_token
 from gateway.message import ParsedMessage
 from gateway.outcome import AliasDecision, DropboxDecision, Filing, Plan, decision_json
-from gateway.records import ts
+from gateway.views import ts
 from gateway.rules.index import OrgEntry, RuleIndex
 from gateway.store.events import NewEvent
 

@@ -26,6 +26,7 @@ from gateway.store.sql import now
 log = logs.get("gateway.outbox")
 
 PRUNE_EVERY_SECONDS = 3600.0
+STOP_WAIT_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -42,6 +43,7 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
+        self._stopping = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -65,17 +67,16 @@ class Outbox:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # A pass under way ends at its next await; never wait on it for long.
+            await asyncio.wait([self._task], timeout=STOP_WAIT_SECONDS)
             self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _main(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.events.poll_seconds)
             except asyncio.TimeoutError:

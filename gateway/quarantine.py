@@ -49,7 +49,7 @@ def keep(conn: Connection, org_id: str, route: Route, parsed: ParsedMessage, env
 
 
 def listing(engine: Engine, org_id: str | None = None) -> list[dict[str, Any]]:
-    from gateway.records import ts
+    from gateway.views import ts
 
     with engine.connect() as conn:
         return [

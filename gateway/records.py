@@ -20,15 +20,7 @@ from gateway.store import emails as store_emails
 from gateway.store import people as store_people
 from gateway.store import records as store_records
 from gateway.store import users as store_users
-
-
-def ts(value: datetime | None) -> str | None:
-    """UTC ISO 8601 with Z (SQLite hands back naive datetimes; we only store UTC)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.isoformat() + "Z"
-    return value.isoformat().replace("+00:00", "Z")
+from gateway.views import ts
 
 
 def conversation_order(conn: Connection, record_ids: list[int] | None = None) -> dict[int, list[int]]:

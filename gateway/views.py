@@ -4,9 +4,17 @@ the API's answers (gateway/api/) and for the events that tell about them
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Iterable, Mapping
 
-from gateway.records import ts
+def ts(value: datetime | None) -> str | None:
+    """UTC ISO 8601 with Z (SQLite hands back naive datetimes; we only store UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.isoformat() + "Z"
+    return value.isoformat().replace("+00:00", "Z")
+
 
 # The API's names of the stored sources (outbound mail is stored as relayed).
 SOURCES = {"dropbox": "dropbox", "alias": "alias", "outbound": "relay"}

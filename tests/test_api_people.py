@@ -210,7 +210,7 @@ def test_migration_to_autoincrement_keeps_people_and_their_records(database_url)
             conn.execute(sa.insert(m.Record.__table__).values(
                 org_id="zylker", pipeline_id=pipeline, stage="Open", title="t", owner_id=None, tags=[],
                 contact_id=people["contacts"][0], created_at=stamp, updated_at=stamp))
-        assert db.upgrade(engine) == ["0008"]
+        assert db.upgrade(engine)[0] == "0008"
         with engine.begin() as conn:
             for table in (m.Lead.__table__, m.Contact.__table__):
                 rows = conn.execute(sa.select(table.c.id, table.c.external_id).order_by(table.c.id)).all()

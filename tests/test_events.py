@@ -203,3 +203,24 @@ def test_quarantine_tells_message_quarantined(faulty):
     assert kept["type"] == "message.quarantined"
     assert (kept["data"]["route"], kept["data"]["recipient"], kept["data"]["attempts"]) == ("dropbox", H, 5)
     assert kept["data"]["message_id"] == "poison@zylker.example" and "boom" in kept["data"]["error"]
+
+
+def test_example_consumer_reads_the_pull_feed(gw):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    token = gw.token(scope="read")
+    assert gw.lmtp(H, [gw.dropbox(H)], message(subject="Hello feed")).codes == [250]
+    items = wait_events(gw, token, 2)
+    example = Path(__file__).resolve().parents[1] / "examples" / "webhook_consumer.py"
+    out = subprocess.run([sys.executable, str(example), "pull", "--token", token,
+                          "--url", f"http://127.0.0.1:{gw.api_port}/v1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [[e["id"], e["type"]] for e in items]
+    assert "'Hello feed'" in lines[1] and "charless@zillum.com" in lines[0]
+    # --after the last one: nothing more.
+    out = subprocess.run([sys.executable, str(example), "pull", "--token", token, "--after", items[-1]["id"],
+                          "--url", f"http://127.0.0.1:{gw.api_port}/v1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "", out.stderr

@@ -138,7 +138,7 @@ def test_database_unavailable_answers_451(gw):
 
 def test_sqlite_locked_answers_451(config_dir, tmp_path):
     db_file = tmp_path / "locked.db"
-    _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 1")
+    _edit(config_dir, "timeout_seconds = 10\n", "timeout_seconds = 1\n")
     g = RunningGateway(config_dir, f"sqlite:///{db_file}").start()
     try:
         box = g.dropbox(H)
@@ -161,7 +161,7 @@ def test_sqlite_locked_answers_451(config_dir, tmp_path):
 def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
     """PostgreSQL unreachable under load: 451s, no crash; back again: filing resumes
     without a restart."""
-    _edit(config_dir, "timeout_seconds = 10", "timeout_seconds = 2")
+    _edit(config_dir, "timeout_seconds = 10\n", "timeout_seconds = 2\n")
     with proxied_postgresql(PG_URL, "proxy") as (url, proxy):
         g = RunningGateway(config_dir, url).start()
         try:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _token(args: argparse.Namespace) -> int:
-    from gateway.records import ts
+    from gateway.views import ts
     from gateway.store import tokens
 
     if args.token_command == "list":

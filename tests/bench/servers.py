@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -11,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +272,8 @@ def prepare_config(workdir: Path) -> Path:
     text = re.sub(r'(?m)^(\s*format\s*=\s*)"[a-z]+"', r'\1"json"', text)
     (conf / "gateway.toml").write_text(text)
     shutil.copytree(REPO / "rules", conf / "rules")
+    if os.environ.get("GATEWAY_BENCH_WEBHOOKS") == "on":
+        _add_webhooks(conf / "rules" / "zylker.toml")
     keys = REPO / "keys"
     if keys.is_dir() and any(keys.glob("*.pem")):
         shutil.copytree(keys, conf / "keys")
@@ -279,6 +283,31 @@ def prepare_config(workdir: Path) -> Path:
         for domain in ("zylker.example", "lumen.example"):
             signing.generate_key(conf / "keys" / f"{domain}.gw2026.pem")
     return conf / "gateway.toml"
+
+
+# GATEWAY_BENCH_WEBHOOKS=on: zylker gets two webhook endpoints -- a fast receiver in
+# this process (answers 204 at once) and one that is down (a closed port) -- to show
+# what the outbox costs filing (issue 14).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-only-webhook-secret-000").decode()
+
+
+def _add_webhooks(rules: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Fast(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((HOST, 0), Fast)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with rules.open("a") as f:
+        for port in (server.server_address[1], free_port()):
+            f.write(f'\n[[webhooks]]\nurl = "http://{HOST}:{port}/hooks"\nsecret_env = "GATEWAY_BENCH_WEBHOOK_SECRET"\n')
 
 
 class GatewayServer(Server):
@@ -299,6 +328,7 @@ class GatewayServer(Server):
             "GATEWAY_METRICS_LISTEN": "off",
             # The HTTP API on, as shipped (GATEWAY_BENCH_API=off measures without it).
             "GATEWAY_API_LISTEN": "off" if os.environ.get("GATEWAY_BENCH_API") == "off" else f"{HOST}:{free_port()}",
+            "GATEWAY_BENCH_WEBHOOK_SECRET": WEBHOOK_SECRET,
         })
 
     def start(self) -> None:
