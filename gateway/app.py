@@ -25,6 +25,7 @@ from gateway import logs, metrics
 from gateway.delivery import Deliveries, FilingFunction
 from gateway.filing import file
 from gateway.outbox import Outbox
+from gateway.webhooks import Dispatcher
 from gateway.errors import ConfigError
 from gateway.rules.index import RuleIndex
 from gateway.rules.loader import load_rules
@@ -105,6 +106,8 @@ class App:
     _api_task: Any = None
     # Events: sequencing, webhook deliveries, pruning (gateway/outbox.py).
     outbox: Outbox | None = None
+    # Webhook attempts under way (gateway/webhooks.py), started by the outbox's passes.
+    webhooks: Dispatcher | None = None
 
     @property
     def engine(self) -> Engine | None:
@@ -124,7 +127,10 @@ class App:
                                      writer=LoopWriter(database) if database.is_sqlite else None,
                                      filing=self.filing or file)
         # Events: sequenced, delivered to webhooks and pruned by the outbox's task.
-        self.outbox = Outbox(database, s)
+        deliveries = self.deliveries
+        self.webhooks = Dispatcher(database, s, lambda: deliveries.rules)
+        self.outbox = Outbox(database, s, deliver=self.webhooks.step)
+        self.webhooks.wake = self.outbox.wake
         self.deliveries.changed = self.outbox.wake
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
@@ -378,6 +384,8 @@ class App:
             self.api_context.shutdown()
         if self.outbox is not None:
             await self.outbox.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
         if self.deliveries is not None and self.deliveries.writer is not None:

@@ -122,6 +122,18 @@ events_sequenced = Counter("gateway_events_sequenced_total",
 events_pruned = Counter("gateway_events_pruned_total",
                         "Events deleted after [events] retention_days, with their webhook deliveries",
                         registry=REGISTRY)
+webhook_deliveries = Counter("gateway_webhook_deliveries_total",
+                             "Webhook attempts by outcome: delivered (2xx), retry (no 2xx; tried again after "
+                             "[webhooks] retry_seconds), failed (no 2xx after the last retry; kept)",
+                             ["outcome"], registry=REGISTRY)
+for _outcome in ("delivered", "retry", "failed"):
+    webhook_deliveries.labels(outcome=_outcome)
+events_pending = Gauge("gateway_events_pending",
+                       "Webhook deliveries not yet delivered or failed, all active endpoints (database, at "
+                       "the outbox's passes)", registry=REGISTRY)
+events_oldest_pending_age = Gauge("gateway_events_oldest_pending_age_seconds",
+                                  "Age of the event of the oldest pending webhook delivery (0: none pending)",
+                                  registry=REGISTRY)
 rule_reloads = Counter("gateway_rule_reloads_total", "Rule reloads by result (ok|failed)",
                        ["result"], registry=REGISTRY)
 for _result in ("ok", "failed"):  # both series exist from the start, so increase() sees the first failure

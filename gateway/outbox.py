@@ -27,6 +27,7 @@ log = logs.get("gateway.outbox")
 
 PRUNE_EVERY_SECONDS = 3600.0
 STOP_WAIT_SECONDS = 5.0
+MIN_PASS_SECONDS = 0.05
 T = TypeVar("T")
 
 
@@ -44,6 +45,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._last_prune = 0.0
         self._stopping = False
+        self._last_pass = 0.0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -82,6 +84,10 @@ class Outbox:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            # Commits wake it at once; passes are at least MIN_PASS_SECONDS apart, so
+            # under load one pass (one short write transaction) serves many filings.
+            await asyncio.sleep(max(0.0, self._last_pass + MIN_PASS_SECONDS - time.monotonic()))
+            self._last_pass = time.monotonic()
             try:
                 await self.step()
             except asyncio.CancelledError:

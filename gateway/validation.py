@@ -128,6 +128,7 @@ def check_configuration(config: Path, *, database: bool = True, environ: dict[st
         report.errors += exc.problems
     if report.rules is not None:
         _check_dkim(report.rules, report)
+        _check_webhook_secrets(report.rules, report, environ)
     _check_tls(s, toml, report, environ)
     _check_writable(s, toml, report, environ)
     if database:
@@ -160,6 +161,23 @@ def _check_dkim(index: "RuleIndex", report: CheckReport) -> None:
             for severity, message in dkim_key_problems(entry):
                 found = toml.problem(("dkim", i, "key_file"), message)
                 (report.errors if severity == "error" else report.warnings).append(found)
+
+
+# Webhook secrets ------------------------------------------------------------------------
+
+
+def _check_webhook_secrets(index: "RuleIndex", report: CheckReport, environ: dict[str, str] | None) -> None:
+    """A webhook whose secret cannot be read is a warning, as a missing DKIM key is:
+    mail flows, its events wait (pending) until the secret is there."""
+    from gateway.webhooks import read_secret
+
+    for name, org in zip(index.files, index.orgs.values()):
+        toml = TomlFile(Path(name), name)
+        for i, hook in enumerate(org.webhooks):
+            _, problem = read_secret(hook, environ)
+            if problem:
+                key = "secret_env" if hook.secret_env else "secret_file"
+                report.warnings.append(toml.problem(("webhooks", i, key), f"{problem}; its events wait until then"))
 
 
 def dkim_key_problems(entry: "DkimEntry") -> list[tuple[str, str]]:

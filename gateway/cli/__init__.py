@@ -11,6 +11,7 @@ that does the work, and prints what that module renders (text, or ``--json``):
     quarantine.py  quarantine list|replay
     tokens.py      token create|list|revoke (the HTTP API's bearer tokens)
     imports.py     import contacts|leads (CSV or JSON lines, the API's import core)
+    webhooks.py    webhooks list|retry|test (the rules' [[webhooks]] and their deliveries)
     common.py      exit codes, settings and rules loading, opening the database, --json
 
 Each contributes its commands through ``PARSERS`` (command name -> function adding its
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from gateway import __version__
-from gateway.cli import dropbox, explain, imports, quarantine, records, sending, serve, tokens
+from gateway.cli import dropbox, explain, imports, quarantine, records, sending, serve, tokens, webhooks
 from gateway.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from gateway.errors import ConfigError, UserError
 
@@ -57,12 +58,13 @@ __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 # The order `gateway --help` lists the commands in.
 _ORDER = ("serve", "check", "db", "dropbox", "record", "dkim", "quota", "reload", "explain", "postfix-maps",
-          "quarantine", "passwd", "export", "email", "token", "import")
+          "quarantine", "passwd", "export", "email", "token", "import",
+          "webhooks")
 
 
 def _parsers() -> dict[str, AddParser]:
     found: dict[str, AddParser] = {}
-    for module in (serve, dropbox, records, sending, explain, quarantine, tokens, imports):
+    for module in (serve, dropbox, records, sending, explain, quarantine, tokens, imports, webhooks):
         found.update(module.PARSERS)
     assert set(found) == set(_ORDER), set(found) ^ set(_ORDER)
     return found

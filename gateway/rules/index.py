@@ -83,6 +83,20 @@ class DkimEntry:
 
 
 @dataclass(frozen=True)
+class WebhookEntry:
+    """A [[webhooks]] entry: where events go, which ones, and where its secret is."""
+
+    url: str
+    events: frozenset[str] | None  # None: every type
+    secret_env: str | None
+    secret_path: Path | None  # secret_file, resolved against the rule file's folder
+
+    @property
+    def secret_source(self) -> str:
+        return f"environment variable {self.secret_env}" if self.secret_env else f"file {self.secret_path}"
+
+
+@dataclass(frozen=True)
 class LoginEntry:
     """Who may submit outbound mail: a service account or a user with a password."""
 
@@ -114,6 +128,8 @@ class OrgEntry:
     sharing_excluded_domains: frozenset[str] = frozenset()
     # Filled by with_ids(): database id -> user, for the dropbox lookup at RCPT.
     users_by_id: Mapping[int, UserEntry] = field(default_factory=dict)
+    # Issue 14: where the organisation's events are POSTed, in the file's order.
+    webhooks: tuple[WebhookEntry, ...] = ()
 
     @property
     def active_users(self) -> int:
@@ -234,6 +250,10 @@ def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = (
             addresses=frozenset(o.addresses),
             dkim=MappingProxyType(dkim),
             sharing_excluded_domains=frozenset(o.sharing_excluded_domains),
+            webhooks=tuple(
+                WebhookEntry(w.url, frozenset(w.events) if w.events is not None else None, w.secret_env,
+                             (path.parent / w.secret_file).resolve() if w.secret_file else None)
+                for w in rf.webhooks),
         )
         by_domain[o.gateway_domain] = o.id
     return RuleIndex(MappingProxyType(orgs), MappingProxyType(by_domain), MappingProxyType(aliases), names,

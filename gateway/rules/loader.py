@@ -69,6 +69,11 @@ def _check_file(toml: TomlFile, rf: RuleFile) -> list[ConfigProblem]:
         if user.role not in roles:
             out.append(toml.problem(("users", i, "role"),
                                     f"unknown role {user.role!r}; declare it under [roles] (known: {', '.join(sorted(roles))})"))
+    urls: set[str] = set()
+    for i, hook in enumerate(rf.webhooks):
+        if hook.url in urls:
+            out.append(toml.problem(("webhooks", i, "url"), f"webhook {hook.url} is listed twice; keep one"))
+        urls.add(hook.url)
     names: set[str] = set()
     prefixes: dict[str, str] = {}
     for i, pipe in enumerate(rf.pipelines):

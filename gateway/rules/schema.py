@@ -171,6 +171,74 @@ class Account(_Strict):
     _hash = field_validator("password_hash")(lambda cls, v: _password_hash(v))
 
 
+_LOOPBACK_NAMES = ("localhost", "localhost.")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8, ::1
+    except ValueError:
+        return False
+
+
+class Webhook(_Strict):
+    """An endpoint the organisation's events are POSTed to (issue 14), signed as the
+    Standard Webhooks specification says; the secret is named, never written here."""
+
+    url: str = Field(max_length=2000)
+    # Event types sent (default: every type).
+    events: list[str] | None = None
+    # The signing secret ("whsec_" + base64): in this environment variable, or in this
+    # file (relative to this rule file's folder).  Exactly one of the two.
+    secret_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    secret_file: str | None = Field(None, min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from exc
+        if parts.scheme not in ("https", "http") or not host:
+            raise ValueError("must be an https:// URL")
+        # Plain http only to this machine (tests, local consumers): events carry mail.
+        if parts.scheme == "http" and not _is_loopback(host):
+            raise ValueError("must be https:// (http:// only for loopback: 127.0.0.1, ::1, localhost)")
+        if parts.fragment:
+            raise ValueError("a URL with a #fragment is not sent anywhere: remove it")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str] | None) -> list[str] | None:
+        from gateway.events import TYPES  # here: gateway.events imports the rules
+
+        if value is None:
+            return None
+        unknown = [v for v in value if v not in TYPES]
+        if unknown:
+            raise ValueError(f"unknown event type(s) {', '.join(map(repr, unknown))} (known: {', '.join(TYPES)})")
+        if not value:
+            raise ValueError("name at least one event type (leave events out for every type)")
+        return _distinct(value, "event types")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "Webhook":
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("give exactly one of secret_env (an environment variable's name) or secret_file "
+                             "(a file holding the secret); never the secret itself")
+        return self
+
+
 class Organisation(_Strict):
     id: str
     name: str = ""
@@ -234,6 +302,7 @@ class RuleFile(_Strict):
     pipelines: list[Pipeline] = Field(default_factory=list)
     dkim: list[Dkim] = Field(default_factory=list)
     accounts: list[Account] = Field(default_factory=list)
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=20)
 
     def role_allows_dropbox(self, role: str) -> bool:
         if role in self.roles:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Connection, Table, select, update
 
 from gateway.rules.index import RuleIndex
-from gateway.store import dropboxes
+from gateway.store import dropboxes, webhooks
 from gateway.store import models as m
 from gateway.store.sql import insert_for
 
@@ -43,6 +43,7 @@ def sync_rules(conn: Connection, index: RuleIndex) -> RuleIndex:
         for u in org.users.values():
             if u.dropbox_allowed and u.id is not None:
                 dropboxes.ensure(conn, org.id, u.id)
+    webhooks.sync_endpoints(conn, index)
     return bound
 
 

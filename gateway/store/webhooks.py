@@ -1,0 +1,276 @@
+"""Webhook deliveries (issue 14): the endpoints of the rules, the events handed to
+each, who sends what when.
+
+An endpoint's ``cursor`` is the last seq of its organisation's feed handed to it.
+``take()`` runs under the endpoint row's lock (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL: another process busy with the endpoint is skipped, not waited for;
+SQLite has one writer anyway), so of several processes one at a time hands out the
+endpoint's new events and takes its due deliveries:
+
+- fan-out: one ``pending`` delivery per wanted event after the cursor, the cursor
+  moved to the last seq read (unwanted types are passed over);
+- claim: due deliveries, in seq order, at most ``concurrency`` leased at once, none
+  while an earlier delivery of the same record is still pending (a record's events
+  arrive in order); each gets ``lease_until`` (no other process takes it until then:
+  after a crash the lease runs out and it is sent again -- at least once) and one
+  more attempt.
+
+``record()`` writes an attempt's outcome only if the claim is still the one that
+sent it (same attempt count, still pending)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, Sequence
+
+from sqlalchemy import Connection, and_, case, exists, func, insert, or_, select, update
+
+from gateway.rules.index import RuleIndex
+from gateway.store import events as store_events
+from gateway.store import models as m
+from gateway.store.sql import insert_for, now
+
+_ENDPOINTS, _DELIVERIES, _EVENTS = m.WebhookEndpoint.__table__, m.WebhookDelivery.__table__, m.Event.__table__
+_COUNTERS = m.EventCounter.__table__
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+# Events read per endpoint per take (one short transaction).
+FAN_OUT_BATCH = 500
+
+
+class Endpoint(NamedTuple):
+    id: int
+    org_id: str
+    url: str
+
+
+class Claim(NamedTuple):
+    """A delivery taken for one attempt."""
+
+    delivery_id: int
+    endpoint_id: int
+    org_id: str
+    seq: int
+    attempts: int  # counting this one
+    type: str
+    created_at: datetime
+    data: dict[str, Any]
+
+
+class Taken(NamedTuple):
+    claims: list[Claim]
+    more: bool  # the fan-out stopped at FAN_OUT_BATCH: take again soon
+
+
+# --- the rules' endpoints ----------------------------------------------------------------
+
+def sync_endpoints(conn: Connection, index: RuleIndex) -> None:
+    """The rules' [[webhooks]] as endpoint rows, in the caller's transaction.  A new (or
+    returning) endpoint starts at its organisation's current feed head: it is told
+    what happens from now on, not the past.  Endpoints that left the rules stay
+    (with their deliveries, for `gateway webhooks list`) but are inactive."""
+    rows = {(r.org_id, r.url): r for r in conn.execute(
+        select(_ENDPOINTS.c.id, _ENDPOINTS.c.org_id, _ENDPOINTS.c.url, _ENDPOINTS.c.events, _ENDPOINTS.c.active))}
+    named: set[tuple[str, str]] = set()
+    for org in index.orgs.values():
+        for hook in org.webhooks:
+            named.add((org.id, hook.url))
+            wanted = sorted(hook.events) if hook.events is not None else None
+            row = rows.get((org.id, hook.url))
+            if row is None:
+                conn.execute(insert_for(conn, _ENDPOINTS).values(
+                    org_id=org.id, url=hook.url, events=wanted, active=True,
+                    cursor=store_events.head(conn, org.id), created_at=now(),
+                ).on_conflict_do_nothing(index_elements=["org_id", "url"]))
+            elif not row.active:
+                conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == row.id).values(
+                    active=True, events=wanted, cursor=store_events.head(conn, org.id)))
+            elif row.events != wanted:
+                conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == row.id).values(events=wanted))
+    for key, row in rows.items():
+        if key not in named and row.active:
+            conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == row.id).values(active=False))
+
+
+def active_endpoints(conn: Connection) -> list[Endpoint]:
+    query = select(_ENDPOINTS.c.id, _ENDPOINTS.c.org_id, _ENDPOINTS.c.url).where(_ENDPOINTS.c.active.is_(True))
+    return [Endpoint(*r) for r in conn.execute(query.order_by(_ENDPOINTS.c.id))]
+
+
+# --- the daemon's passes -------------------------------------------------------------------
+
+def endpoints_with_work(conn: Connection) -> list[Endpoint]:
+    """Active endpoints with events not yet handed to them or deliveries due: the only
+    ones a pass takes (a read, so a pass with nothing to do writes nothing)."""
+    e, d, c = _ENDPOINTS, _DELIVERIES, _COUNTERS
+    at = now()
+    behind = exists().where(c.c.org_id == e.c.org_id, c.c.last > e.c.cursor)
+    due = exists().where(d.c.endpoint_id == e.c.id, d.c.status == PENDING, d.c.next_attempt_at <= at,
+                         or_(d.c.lease_until.is_(None), d.c.lease_until <= at))
+    query = select(e.c.id, e.c.org_id, e.c.url).where(e.c.active.is_(True), or_(behind, due))
+    return [Endpoint(*r) for r in conn.execute(query.order_by(e.c.id))]
+
+
+def take(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: float) -> Taken | None:
+    """Fan out the endpoint's new events and claim its due deliveries (``concurrency``
+    0: fan out only); None if another process holds the endpoint.  The caller commits."""
+    endpoint = conn.execute(
+        select(_ENDPOINTS.c.org_id, _ENDPOINTS.c.cursor, _ENDPOINTS.c.events, _ENDPOINTS.c.active)
+        .where(_ENDPOINTS.c.id == endpoint_id).with_for_update(skip_locked=True)).first()
+    if endpoint is None or not endpoint.active:
+        return None
+    at = now()
+    new = conn.execute(
+        select(_EVENTS.c.id, _EVENTS.c.seq, _EVENTS.c.type, _EVENTS.c.record_id)
+        .where(_EVENTS.c.org_id == endpoint.org_id, _EVENTS.c.seq > endpoint.cursor)
+        .order_by(_EVENTS.c.seq).limit(FAN_OUT_BATCH)).all()
+    if new:
+        wanted = set(endpoint.events) if endpoint.events is not None else None
+        rows = [{"org_id": endpoint.org_id, "endpoint_id": endpoint_id, "event_id": e.id, "seq": e.seq,
+                 "record_id": e.record_id, "status": PENDING, "attempts": 0, "next_attempt_at": at,
+                 "updated_at": at} for e in new if wanted is None or e.type in wanted]
+        if rows:
+            conn.execute(insert(_DELIVERIES), rows)
+        conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == endpoint_id).values(cursor=new[-1].seq))
+    return Taken(_claim(conn, endpoint_id, concurrency, lease_seconds, at) if concurrency > 0 else [],
+                 len(new) == FAN_OUT_BATCH)
+
+
+def _claim(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: float, at: datetime) -> list[Claim]:
+    d = _DELIVERIES
+    leased = conn.execute(select(func.count()).select_from(d).where(
+        d.c.endpoint_id == endpoint_id, d.c.status == PENDING, d.c.lease_until > at)).scalar_one()
+    room = concurrency - leased
+    if room <= 0:
+        return []
+    earlier = d.alias("earlier")
+    query = (select(d.c.id, d.c.seq, d.c.attempts, d.c.event_id)
+             .where(d.c.endpoint_id == endpoint_id, d.c.status == PENDING, d.c.next_attempt_at <= at,
+                    or_(d.c.lease_until.is_(None), d.c.lease_until <= at),
+                    # A record's events in order: none while an earlier one waits or is in flight.
+                    ~exists().where(earlier.c.endpoint_id == d.c.endpoint_id, earlier.c.record_id == d.c.record_id,
+                                    earlier.c.status == PENDING, earlier.c.seq < d.c.seq))
+             .order_by(d.c.seq).limit(room))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=d, skip_locked=True)
+    due = conn.execute(query).all()
+    if not due:
+        return []
+    lease_until = at + timedelta(seconds=lease_seconds)
+    conn.execute(update(d).where(d.c.id.in_([r.id for r in due]))
+                 .values(attempts=d.c.attempts + 1, lease_until=lease_until, updated_at=at))
+    events = {r.id: r for r in conn.execute(
+        select(_EVENTS.c.id, _EVENTS.c.org_id, _EVENTS.c.type, _EVENTS.c.created_at, _EVENTS.c.data)
+        .where(_EVENTS.c.id.in_([r.event_id for r in due])))}
+    return [Claim(r.id, endpoint_id, events[r.event_id].org_id, r.seq, r.attempts + 1, events[r.event_id].type,
+                  events[r.event_id].created_at, events[r.event_id].data) for r in due]
+
+
+def _still_ours(claim: Claim) -> Any:
+    d = _DELIVERIES
+    return and_(d.c.id == claim.delivery_id, d.c.status == PENDING, d.c.attempts == claim.attempts)
+
+
+def record(conn: Connection, claim: Claim, status: int | None, error: str | None,
+           retry_seconds: Sequence[float]) -> str | None:
+    """An attempt's outcome: ``delivered`` (no error), ``retry`` (pending again after
+    the schedule's wait) or ``failed`` (no retry left; kept).  None if the claim was
+    lost meanwhile (its lease ran out and another process took it)."""
+    d, e = _DELIVERIES, _ENDPOINTS
+    at = now()
+    if error is None:
+        outcome, values = DELIVERED, {"status": DELIVERED}
+    elif claim.attempts <= len(retry_seconds):
+        outcome = "retry"
+        values = {"next_attempt_at": at + timedelta(seconds=retry_seconds[claim.attempts - 1])}
+    else:
+        outcome, values = FAILED, {"status": FAILED}
+    done = conn.execute(update(d).where(_still_ours(claim)).values(
+        lease_until=None, last_status=status, last_error=error, updated_at=at, **values)).rowcount
+    if not done:
+        return None
+    if error is None:
+        conn.execute(update(e).where(e.c.id == claim.endpoint_id).values(last_success_at=at))
+    else:
+        conn.execute(update(e).where(e.c.id == claim.endpoint_id).values(last_error=error, last_error_at=at))
+    return outcome
+
+
+def release(conn: Connection, claims: Sequence[Claim]) -> int:
+    """Give back claims whose attempt was cut short by a stop (not counted as attempts)."""
+    d = _DELIVERIES
+    done = 0
+    for claim in claims:
+        done += conn.execute(update(d).where(_still_ours(claim), d.c.lease_until.is_not(None))
+                             .values(attempts=d.c.attempts - 1, lease_until=None)).rowcount
+    return done
+
+
+def endpoint_error(conn: Connection, endpoint_id: int, error: str) -> None:
+    e = _ENDPOINTS
+    conn.execute(update(e).where(e.c.id == endpoint_id).values(last_error=error, last_error_at=now()))
+
+
+def _of_active_endpoint() -> Any:
+    return _DELIVERIES.c.endpoint_id.in_(select(_ENDPOINTS.c.id).where(_ENDPOINTS.c.active.is_(True)))
+
+
+def _active_pending() -> Any:
+    return and_(_DELIVERIES.c.status == PENDING, _of_active_endpoint())
+
+
+def next_due(conn: Connection) -> datetime | None:
+    """When the next pending delivery that waits for its retry is due."""
+    d = _DELIVERIES
+    return conn.execute(select(func.min(d.c.next_attempt_at)).where(_active_pending(), d.c.next_attempt_at > now())
+                        ).scalar_one()
+
+
+def backlog(conn: Connection) -> tuple[int, datetime | None]:
+    """Pending deliveries of active endpoints, and when the oldest one's event was made."""
+    d = _DELIVERIES
+    count, oldest = conn.execute(select(func.count(), func.min(_EVENTS.c.created_at))
+                                 .select_from(d.join(_EVENTS, _EVENTS.c.id == d.c.event_id))
+                                 .where(_active_pending())).one()
+    return count, oldest
+
+
+# --- `gateway webhooks` ----------------------------------------------------------------------
+
+def listing(conn: Connection, org_id: str) -> list[dict[str, Any]]:
+    """The organisation's endpoints (active first, then by id) with their deliveries counted."""
+    e, d = _ENDPOINTS, _DELIVERIES
+    counts: dict[int, dict[str, int]] = {}
+    for endpoint_id, status, n in conn.execute(
+            select(d.c.endpoint_id, d.c.status, func.count()).where(d.c.org_id == org_id)
+            .group_by(d.c.endpoint_id, d.c.status)):
+        counts.setdefault(endpoint_id, {})[status] = n
+    rows = conn.execute(select(e).where(e.c.org_id == org_id)
+                        .order_by(case((e.c.active.is_(True), 0), else_=1), e.c.id)).all()
+    return [{"id": r.id, "url": r.url, "events": r.events, "active": bool(r.active),
+             **{s: counts.get(r.id, {}).get(s, 0) for s in (PENDING, FAILED, DELIVERED)},
+             "last_error": r.last_error, "last_error_at": r.last_error_at, "last_success_at": r.last_success_at}
+            for r in rows]
+
+
+def failed(conn: Connection, org_id: str) -> list[Any]:
+    """The organisation's failed deliveries in feed order (endpoint_id, seq, type,
+    attempts, last_status, last_error, updated_at)."""
+    d = _DELIVERIES
+    return conn.execute(
+        select(d.c.endpoint_id, d.c.seq, _EVENTS.c.type, d.c.attempts, d.c.last_status, d.c.last_error,
+               d.c.updated_at)
+        .select_from(d.join(_EVENTS, _EVENTS.c.id == d.c.event_id))
+        .where(d.c.org_id == org_id, d.c.status == FAILED).order_by(d.c.seq, d.c.endpoint_id)).all()
+
+
+def retry(conn: Connection, org_id: str, seq: int | None = None) -> int:
+    """Failed deliveries of the organisation's active endpoints (only event ``seq``'s
+    when given) pending again, due now, with the whole retry schedule; how many."""
+    d = _DELIVERIES
+    query = update(d).where(d.c.org_id == org_id, d.c.status == FAILED, _of_active_endpoint())
+    if seq is not None:
+        query = query.where(d.c.seq == seq)
+    at = now()
+    return conn.execute(query.values(status=PENDING, attempts=0, next_attempt_at=at, lease_until=None,
+                                     updated_at=at)).rowcount

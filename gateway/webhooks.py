@@ -1,0 +1,287 @@
+"""Webhook delivery (issue 14): the organisations' events POSTed to their [[webhooks]],
+signed as the Standard Webhooks specification says, retried on the schedule of
+``[webhooks] retry_seconds``, then marked failed and kept.
+
+The outbox (gateway/outbox.py) calls ``Dispatcher.step()`` after each pass that
+sequenced events and every ``[events] poll_seconds``.  A step hands each active
+endpoint its new events and takes its due deliveries (gateway/store/webhooks.py
+``take``: row locks, leases), then starts one task per attempt on the event loop and
+returns: sends are never awaited by the step, so a slow or failing endpoint holds up
+neither another endpoint (each has its own ``concurrency``) nor mail delivery.  Each
+attempt's outcome is written when it ends; the step runs again soon after (the next
+event of the same record, room for one more attempt) and at the next retry's time.
+
+Body: the feed's event without its id (``{"type", "timestamp", "data"}``); the id
+travels in ``webhook-id`` -- the same on every attempt, so receivers deduplicate by
+it (delivery is at least once: a process killed mid-send leaves a lease that runs
+out, and the event is sent again)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any, Callable, NamedTuple, TypeVar
+
+import httpx
+from standardwebhooks import Webhook
+
+from gateway import logs, metrics
+from gateway.delivery import guarded
+from gateway.errors import TemporaryFailure
+from gateway.events import envelope
+from gateway.rules.index import RuleIndex, WebhookEntry
+from gateway.settings import Settings
+from gateway.store import webhooks as store
+from gateway.store.db import Database
+from gateway.store.sql import now
+
+log = logs.get("gateway.webhooks")
+
+# A lease outlives the attempt's timeout by this much (the outcome's write included),
+# so no other process takes the delivery while it is under way.
+LEASE_MARGIN_SECONDS = 5.0
+# The gauges (pending deliveries, oldest pending age) at most this often.
+GAUGES_EVERY_SECONDS = 1.0
+USER_AGENT = "crm-mail-gateway webhooks"
+T = TypeVar("T")
+
+
+# --- secrets and signatures -------------------------------------------------------------
+
+def read_secret(hook: WebhookEntry, environ: Any = None) -> tuple[str | None, str | None]:
+    """The endpoint's signing secret, or None and what is wrong (with the fix)."""
+    env = os.environ if environ is None else environ
+    if hook.secret_env:
+        secret = env.get(hook.secret_env, "").strip()
+        if not secret:
+            return None, (f"environment variable {hook.secret_env} (the secret of webhook {hook.url}) is not set: "
+                          "set it where the gateway runs (see README, Events and webhooks, for making one)")
+    else:
+        assert hook.secret_path is not None
+        try:
+            secret = hook.secret_path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None, f"secret file {hook.secret_path} of webhook {hook.url} does not exist: create it"
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            return None, (f"cannot read secret file {hook.secret_path} of webhook {hook.url}: {reason}: make it "
+                          "readable by the user the gateway runs as")
+    try:
+        Webhook(secret)
+    except Exception:  # binascii.Error, EmptyWebhookSecretError: the package has no common base
+        return None, (f"the secret of webhook {hook.url} ({hook.secret_source}) is not a Standard Webhooks secret "
+                      "('whsec_' + base64)")
+    return secret, None
+
+
+def signed(secret: str, msg_id: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one attempt (Standard Webhooks: the signature covers
+    the id, the timestamp and the body)."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    at = datetime.now(timezone.utc)
+    return body.encode("utf-8"), {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def attempt_error(status: int | None, location: str | None = None) -> str | None:
+    """None for a 2xx; else what went wrong, for the delivery's last_error."""
+    if status is not None and 200 <= status < 300:
+        return None
+    if status is not None and 300 <= status < 400:
+        return f"HTTP {status}: redirect{f' to {location}' if location else ''} not followed"
+    return f"HTTP {status}"
+
+
+def client(timeout: float) -> httpx.AsyncClient:
+    # Redirects are not followed: an endpoint says where events go in the rules only.
+    return httpx.AsyncClient(follow_redirects=False, timeout=timeout,
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=20))
+
+
+# --- the daemon's deliveries -------------------------------------------------------------
+
+class _Pass(NamedTuple):
+    claims: list[tuple[store.Claim, str, str]]  # (claim, url, secret)
+    more: bool
+    next_due: datetime | None
+
+
+class Dispatcher:
+    def __init__(self, database: Database, settings: Settings, rules: Callable[[], RuleIndex]):
+        self.database = database
+        self.settings = settings
+        self.rules = rules  # the current rules (reloads swap them)
+        self.wake: Callable[[], None] = lambda: None  # the outbox's: another pass soon
+        # Its own thread: neither the filing workers nor the outbox's sequencing wait on it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-webhooks")
+        self._client: httpx.AsyncClient | None = None
+        self._sending: dict[asyncio.Task[None], store.Claim] = {}
+        self._cut_passes: list[asyncio.Future[_Pass]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._secret_problems: dict[int, str] = {}
+        self._gauges_at = 0.0
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, guarded(fn, "webhooks"), *args)
+
+    async def step(self) -> None:
+        """Hand out new events, take due deliveries, start their attempts."""
+        rules = self.rules()
+        hooks = {(org.id, hook.url): hook for org in rules.orgs.values() for hook in org.webhooks}
+        if not hooks:  # no [[webhooks]] in the rules: no thread hop, no query, nothing timed
+            return
+        pass_ = asyncio.ensure_future(self._run(self._pass, hooks))
+        try:
+            found = await asyncio.shield(pass_)
+        except asyncio.CancelledError:  # stopping: the pass ends in its thread; stop() gives back what it took
+            self._cut_passes.append(pass_)
+            raise
+        if found.claims and self._client is None:
+            self._client = client(self.settings.webhooks.timeout_seconds)
+        loop = asyncio.get_running_loop()
+        for claim, url, secret in found.claims:
+            task = loop.create_task(self._attempt(claim, url, secret))
+            self._sending[task] = claim
+            task.add_done_callback(self._sent)
+        if found.more:
+            self.wake()
+        if found.next_due is not None:
+            self._wake_at(found.next_due)
+
+    def _pass(self, hooks: dict[tuple[str, str], WebhookEntry]) -> _Pass:
+        """In the dispatcher's thread: every active endpoint this process knows the
+        secret of (an endpoint only another process's newer rules name waits for it)."""
+        s = self.settings.webhooks
+        claims: list[tuple[store.Claim, str, str]] = []
+        more = False
+        if not hooks:  # no [[webhooks]] here: not a query more per pass
+            return _Pass([], False, None)
+        endpoints = self.database.reading(store.endpoints_with_work)
+        for endpoint in endpoints:
+            hook = hooks.get((endpoint.org_id, endpoint.url))
+            if hook is None:
+                continue
+            secret, problem = read_secret(hook)
+            if problem != self._secret_problems.get(endpoint.id):
+                if problem:  # said once, not every pass; the deliveries wait for the secret
+                    log.error("webhook_secret_unavailable", org=endpoint.org_id, url=endpoint.url, problem=problem)
+                    self.database.writing(store.endpoint_error, endpoint.id, problem)
+                    self._secret_problems[endpoint.id] = problem
+                else:
+                    self._secret_problems.pop(endpoint.id, None)
+            taken = self.database.writing(store.take, endpoint.id, s.concurrency if secret else 0,
+                                          s.timeout_seconds + LEASE_MARGIN_SECONDS)
+            if taken is None:
+                continue
+            more = more or taken.more
+            claims += [(claim, endpoint.url, secret) for claim in taken.claims if secret]
+        if time.monotonic() - self._gauges_at >= GAUGES_EVERY_SECONDS:
+            self._gauges_at = time.monotonic()
+            pending, oldest = self.database.reading(store.backlog)
+            metrics.events_pending.set(pending)
+            metrics.events_oldest_pending_age.set(max(0.0, (now() - _aware(oldest)).total_seconds())
+                                                  if oldest else 0)
+        due = self.database.reading(store.next_due)
+        return _Pass(claims, more, _aware(due) if due else None)
+
+    async def _attempt(self, claim: store.Claim, url: str, secret: str) -> None:
+        payload = envelope(claim.org_id, claim.seq, claim.type, claim.created_at, claim.data)
+        event_id = payload.pop("id")  # in webhook-id
+        body, headers = signed(secret, event_id, payload)
+        status: int | None = None
+        error: str | None
+        assert self._client is not None
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.webhooks.timeout_seconds):
+                async with self._client.stream("POST", url, content=body, headers=headers) as response:
+                    status = response.status_code
+                    error = attempt_error(status, response.headers.get("location"))
+        except TimeoutError:
+            error = f"no answer within {self.settings.webhooks.timeout_seconds:g} s"
+        except (httpx.HTTPError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}".rstrip(": ") or type(exc).__name__
+        try:
+            outcome = await self._run(self.database.writing, store.record, claim, status, error,
+                                      self.settings.webhooks.retry_seconds)
+        except TemporaryFailure as exc:  # the lease runs out and the event is sent again
+            log.warning("webhook_outcome_not_recorded", event_id=event_id, url=url, error=exc.detail)
+            return
+        fields = dict(org=claim.org_id, event_id=event_id, type=claim.type, url=url, attempt=claim.attempts,
+                      status=status, duration_ms=round((time.monotonic() - started) * 1000, 1))
+        if outcome is None:
+            log.warning("webhook_claim_lost", **fields)
+        else:
+            metrics.webhook_deliveries.labels(outcome=outcome).inc()
+            if outcome == "delivered":
+                log.info("webhook_delivered", **fields)
+            elif outcome == "retry":
+                wait = self.settings.webhooks.retry_seconds[claim.attempts - 1]
+                log.warning("webhook_attempt_failed", error=error, retry_in_seconds=wait, **fields)
+            else:
+                log.error("webhook_failed", error=error, **fields)
+        self.wake()  # the record's next event, or room for one more attempt
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            metrics.errors.labels(component="webhooks").inc()
+            log.error("webhook_attempt_crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    def _wake_at(self, due: datetime) -> None:
+        """Another pass when a retry falls due (sooner than the next poll)."""
+        delay = max(0.0, (due - now()).total_seconds())
+        if delay >= self.settings.events.poll_seconds:
+            return
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        if self._timer is not None and not self._timer.cancelled() and self._timer_at <= at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at + 0.01, self.wake)
+
+    async def stop(self) -> None:
+        """Cut attempts under way short and give their deliveries back (sent again by
+        whichever process runs next, without waiting for the lease)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        sending = dict(self._sending)
+        for task in sending:
+            task.cancel()
+        if sending:
+            await asyncio.wait(sending)
+        claims = list(sending.values())
+        for cut in self._cut_passes:  # a pass the stop interrupted: what it took was never sent
+            try:
+                claims += [claim for claim, _url, _secret in await cut]
+            except Exception:  # its error was the pass's; nothing was taken then
+                pass
+        if claims:
+            try:
+                released = await self._run(self.database.writing, store.release, claims)
+                log.info("webhook_attempts_released", count=released)
+            except TemporaryFailure as exc:
+                log.warning("webhook_attempts_not_released", count=len(claims), error=exc.detail)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _aware(value: datetime | None) -> datetime:
+    """SQLite hands back naive datetimes; we only store UTC."""
+    assert value is not None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
