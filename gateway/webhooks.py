@@ -47,6 +47,8 @@ LEASE_MARGIN_SECONDS = 5.0
 # The gauges (pending deliveries, oldest pending age) at most this often.
 GAUGES_EVERY_SECONDS = 1.0
 USER_AGENT = "crm-mail-gateway webhooks"
+# At a stop, outcomes still being written are waited for this long.
+FLUSH_WAIT_SECONDS = 5.0
 T = TypeVar("T")
 
 
@@ -130,6 +132,9 @@ class Dispatcher:
         self._timer_at = float("inf")
         self._secret_problems: dict[int, str] = {}
         self._gauges_at = 0.0
+        # Outcomes of attempts that ended, waiting for _flush (one transaction for them all).
+        self._outcomes: list[tuple[store.Claim, int | None, str | None, asyncio.Future[str | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, guarded(fn, "webhooks"), *args)
@@ -211,9 +216,10 @@ class Dispatcher:
             error = f"no answer within {self.settings.webhooks.timeout_seconds:g} s"
         except (httpx.HTTPError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}".rstrip(": ") or type(exc).__name__
+        # Answered: a stop no longer cuts this attempt short; its outcome is written.
+        self._sending.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
         try:
-            outcome = await self._run(self.database.writing, store.record, claim, status, error,
-                                      self.settings.webhooks.retry_seconds)
+            outcome = await self._record(claim, status, error)
         except TemporaryFailure as exc:  # the lease runs out and the event is sent again
             log.warning("webhook_outcome_not_recorded", event_id=event_id, url=url, error=exc.detail)
             return
@@ -231,6 +237,32 @@ class Dispatcher:
             else:
                 log.error("webhook_failed", error=error, **fields)
         self.wake()  # the record's next event, or room for one more attempt
+
+    async def _record(self, claim: store.Claim, status: int | None, error: str | None) -> str | None:
+        """An attempt's outcome, written together with the others that ended meanwhile:
+        one transaction for many attempts, not one each (on SQLite each would take the
+        write lock that filing needs)."""
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((claim, status, error, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await done
+
+    async def _flush(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                results = await self._run(self.database.writing, store.record_many,
+                                          [(claim, status, error) for claim, status, error, _ in batch],
+                                          self.settings.webhooks.retry_seconds)
+            except TemporaryFailure as exc:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), result in zip(batch, results):
+                if not done.done():
+                    done.set_result(result)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.pop(task, None)
@@ -275,6 +307,8 @@ class Dispatcher:
                 log.info("webhook_attempts_released", count=released)
             except TemporaryFailure as exc:
                 log.warning("webhook_attempts_not_released", count=len(claims), error=exc.detail)
+        if self._flusher is not None:  # outcomes of attempts that were answered
+            await asyncio.wait([self._flusher], timeout=FLUSH_WAIT_SECONDS)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -375,6 +375,10 @@ class WebhookDelivery(Base):
         UniqueConstraint("endpoint_id", "event_id"),
         Index("ix_webhook_deliveries_due", "endpoint_id", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_event_id", "event_id"),
+        Index("ix_webhook_deliveries_leased", "endpoint_id", "lease_until",
+              postgresql_where="status = 'pending'", sqlite_where="status = 'pending'"),
+        Index("ix_webhook_deliveries_record_order", "endpoint_id", "record_id", "seq",
+              postgresql_where="status = 'pending'", sqlite_where="status = 'pending'"),
     )
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))

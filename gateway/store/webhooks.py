@@ -115,7 +115,8 @@ def take(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: fl
     """Fan out the endpoint's new events and claim its due deliveries (``concurrency``
     0: fan out only); None if another process holds the endpoint.  The caller commits."""
     endpoint = conn.execute(
-        select(_ENDPOINTS.c.org_id, _ENDPOINTS.c.cursor, _ENDPOINTS.c.events, _ENDPOINTS.c.active)
+        select(_ENDPOINTS.c.org_id, _ENDPOINTS.c.cursor, _ENDPOINTS.c.events, _ENDPOINTS.c.active,
+               _ENDPOINTS.c.last_error_at, _ENDPOINTS.c.last_success_at)
         .where(_ENDPOINTS.c.id == endpoint_id).with_for_update(skip_locked=True)).first()
     if endpoint is None or not endpoint.active:
         return None
@@ -132,6 +133,12 @@ def take(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: fl
         if rows:
             conn.execute(insert(_DELIVERIES), rows)
         conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == endpoint_id).values(cursor=new[-1].seq))
+    if concurrency > 0 and endpoint.last_error_at is not None and (
+            endpoint.last_success_at is None or endpoint.last_error_at > endpoint.last_success_at):
+        # Failing (its last attempt failed): one attempt at a time probes it, so a dead
+        # endpoint's backlog costs one request per pass, not a burst per retry wave;
+        # the first success gives it its whole concurrency back.
+        concurrency = 1
     return Taken(_claim(conn, endpoint_id, concurrency, lease_seconds, at) if concurrency > 0 else [],
                  len(new) == FAN_OUT_BATCH)
 
@@ -148,9 +155,13 @@ def _claim(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: 
              .where(d.c.endpoint_id == endpoint_id, d.c.status == PENDING, d.c.next_attempt_at <= at,
                     or_(d.c.lease_until.is_(None), d.c.lease_until <= at),
                     # A record's events in order: none while an earlier one waits or is in flight.
-                    ~exists().where(earlier.c.endpoint_id == d.c.endpoint_id, earlier.c.record_id == d.c.record_id,
-                                    earlier.c.status == PENDING, earlier.c.seq < d.c.seq))
-             .order_by(d.c.seq).limit(room))
+                    or_(d.c.record_id.is_(None),
+                        ~exists().where(earlier.c.endpoint_id == d.c.endpoint_id,
+                                        earlier.c.record_id == d.c.record_id, earlier.c.status == PENDING,
+                                        earlier.c.seq < d.c.seq)))
+             # The due index's order (seq order within a pass's hand-out): no sort of a
+             # large backlog per pass.
+             .order_by(d.c.next_attempt_at, d.c.id).limit(room))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(of=d, skip_locked=True)
     due = conn.execute(query).all()
@@ -194,6 +205,12 @@ def record(conn: Connection, claim: Claim, status: int | None, error: str | None
     else:
         conn.execute(update(e).where(e.c.id == claim.endpoint_id).values(last_error=error, last_error_at=at))
     return outcome
+
+
+def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, str | None]],
+                retry_seconds: Sequence[float]) -> list[str | None]:
+    """record() for many attempts, in one transaction."""
+    return [record(conn, claim, status, error, retry_seconds) for claim, status, error in outcomes]
 
 
 def release(conn: Connection, claims: Sequence[Claim]) -> int:

@@ -84,6 +84,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["endpoint_id", "status", "next_attempt_at"])
     op.create_index("ix_webhook_deliveries_event_id", "webhook_deliveries", ["event_id"])
+    # The pass's questions answered by seeks, however large a dead endpoint's backlog:
+    # attempts in flight, and a record's earlier event still pending.
+    pending = sa.text("status = 'pending'")
+    op.create_index("ix_webhook_deliveries_leased", "webhook_deliveries", ["endpoint_id", "lease_until"],
+                    postgresql_where=pending, sqlite_where=pending)
+    op.create_index("ix_webhook_deliveries_record_order", "webhook_deliveries", ["endpoint_id", "record_id", "seq"],
+                    postgresql_where=pending, sqlite_where=pending)
     op.add_column("quota_buckets", sa.Column("exhausted_at", _TS, nullable=True))
 
 
