@@ -224,3 +224,45 @@ def test_example_consumer_reads_the_pull_feed(gw):
     out = subprocess.run([sys.executable, str(example), "pull", "--token", token, "--after", items[-1]["id"],
                           "--url", f"http://127.0.0.1:{gw.api_port}/v1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout == "", out.stderr
+
+
+def test_events_past_the_retention_are_pruned_by_the_daemon(config_dir, database_url):
+    """The daemon deletes events older than [events] retention_days (at start, then
+    hourly), counted in gateway_events_pruned_total; newer ones stay in the feed."""
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from gateway import metrics
+    from gateway.store import db
+    from tests.conftest import RunningGateway
+
+    gw = RunningGateway(config_dir, database_url).start()
+    try:
+        token = gw.token(scope="read")
+        assert gw.lmtp(H, [gw.dropbox(H)], message(subject="Old")).codes == [250]
+        old = wait_events(gw, token, 2)
+    finally:
+        gw.stop()
+    engine = db.make_engine(database_url)
+    try:
+        with engine.begin() as conn:  # 31 days ago: past the shipped 30
+            conn.execute(sa.text("UPDATE events SET created_at = :at"),
+                         {"at": datetime.now(timezone.utc) - timedelta(days=31)})
+    finally:
+        engine.dispose()
+    before = metrics.events_pruned._value.get()
+    gw = RunningGateway(config_dir, database_url).start()
+    try:
+        assert gw.lmtp(H, [gw.dropbox(H)], message(subject="New", to="n@customer.example")).codes == [250]
+        items = wait_events(gw, token, 2)
+        deadline = time.monotonic() + 10
+        while gw.count("events") > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gw.count("events") == 2 and metrics.events_pruned._value.get() == before + 2
+        items = feed(gw, token)["items"]
+        assert [e["type"] for e in items] == ["lead.created", "email.filed"]
+        assert items[1]["data"]["email"]["subject"] == "New"
+        assert {e["id"] for e in items}.isdisjoint(e["id"] for e in old)  # ids are never handed out again
+    finally:
+        gw.stop()
