@@ -213,13 +213,14 @@ def _owner(org: OrgEntry, user_id: int | None) -> str | None:
 
 
 def email_filed(org: OrgEntry, email: dict[str, Any], links: Any, parsed: ParsedMessage, decision: Any,
-                record_id: int | None = None) -> NewEvent:
-    """email.filed of an emails row just written (``email``: its values, with its id)."""
+                record_id: int | None = None, decision_doc: Any = None) -> NewEvent:
+    """email.filed of an emails row just written (``email``: its values, with its id;
+    ``decision_doc``: the decision's JSON when the caller has it already)."""
     view = views.email(email, filed_by=_owner(org, email["filed_by_user_id"]),
                        links=[{"kind": link.kind, "id": link.id} for link in links],
                        attachments=[{"filename": a.filename, "content_type": a.content_type, "size": a.size}
                                     for a in parsed.attachments])
-    return NewEvent(EMAIL_FILED, {"email": view, "decision": decision_json(decision)}, record_id)
+    return NewEvent(EMAIL_FILED, {"email": view, "decision": decision_doc or decision_json(decision)}, record_id)
 
 
 def person_created(org: OrgEntry, kind: str, values: dict[str, Any]) -> NewEvent:
@@ -296,5 +297,5 @@ def for_filing(rules: RuleIndex, plan: Plan, parsed: ParsedMessage, filing: Fili
             change = decision.stage_change
             out.append(stage_changed(org, record_id, pipeline, change.from_stage, change.to_stage, change.cause,
                                      filing.email_id))
-    out.append(email_filed(org, dict(filing.email), filing.links, parsed, decision, record_id))
+    out.append(email_filed(org, dict(filing.email), filing.links, parsed, decision, record_id, filing.decision_doc))
     return out

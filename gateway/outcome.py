@@ -224,6 +224,8 @@ class Filing:
     at: datetime | None = None
     links: tuple[Link, ...] = ()
     email: Mapping[str, Any] | None = field(default=None, compare=False)
+    # The decision's JSON as stored with the delivery (encoded once, the event reuses it).
+    decision_doc: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def duplicate(self) -> bool:

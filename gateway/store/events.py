@@ -18,9 +18,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, text, update
 
 from gateway.store import models as m
+from gateway.store.prepared import PerDialect, Prepared
 from gateway.store.sql import insert_for, now
 
 _EVENTS, _COUNTERS = m.Event.__table__, m.EventCounter.__table__
@@ -37,14 +38,17 @@ class NewEvent(NamedTuple):
 
 
 def append(conn: Connection, org_id: str, events: Sequence[NewEvent]) -> None:
-    """Write ``events`` (one statement), in the caller's transaction."""
+    """Write ``events`` (one batch on the driver's cursor: on the filing's hot path),
+    in the caller's transaction."""
     if not events:
         return
     at = now()
-    conn.execute(insert(_EVENTS), [
-        {"org_id": org_id, "type": e.type, "data": e.data, "record_id": e.record_id, "created_at": at, "seq": None}
-        for e in events
-    ])
+    _insert(conn).run_many(conn, [{"org_id": org_id, "type": e.type, "data": e.data, "record_id": e.record_id,
+                                   "created_at": at} for e in events])
+
+
+_insert = PerDialect(lambda conn: Prepared(insert(_EVENTS), conn.dialect,
+                                           ("org_id", "type", "data", "record_id", "created_at")))
 
 
 def unsequenced_orgs(conn: Connection) -> list[str]:
@@ -54,17 +58,27 @@ def unsequenced_orgs(conn: Connection) -> list[str]:
 
 def sequence(conn: Connection, org_id: str, limit: int = SEQUENCE_BATCH) -> int:
     """Give the organisation's committed events without a seq the next seqs, in id
-    order; how many.  The caller commits (the counter row's lock is held till then)."""
-    conn.execute(insert_for(conn, _COUNTERS).values(org_id=org_id, last=0).on_conflict_do_nothing())
-    last = conn.execute(select(_COUNTERS.c.last).where(_COUNTERS.c.org_id == org_id).with_for_update()).scalar_one()
-    ids = list(conn.execute(select(_EVENTS.c.id).where(_EVENTS.c.org_id == org_id, _EVENTS.c.seq.is_(None))
-                            .order_by(_EVENTS.c.id).limit(limit)).scalars())
-    if not ids:
-        return 0
-    conn.execute(update(_EVENTS).where(_EVENTS.c.id == bindparam("event_id")).values(seq=bindparam("event_seq")),
-                 [{"event_id": event_id, "event_seq": last + n} for n, event_id in enumerate(ids, start=1)])
-    conn.execute(update(_COUNTERS).where(_COUNTERS.c.org_id == org_id).values(last=last + len(ids)))
-    return len(ids)
+    order; how many.  Three statements however many events: the counter row locked,
+    one UPDATE numbering them (row_number over their ids), the counter moved.  The
+    caller commits (the counter row's lock is held till then)."""
+    last = conn.execute(select(_COUNTERS.c.last).where(_COUNTERS.c.org_id == org_id).with_for_update()
+                        ).scalar_one_or_none()
+    if last is None:
+        conn.execute(insert_for(conn, _COUNTERS).values(org_id=org_id, last=0).on_conflict_do_nothing())
+        last = conn.execute(select(_COUNTERS.c.last).where(_COUNTERS.c.org_id == org_id).with_for_update()
+                            ).scalar_one()
+    numbered = conn.execute(_NUMBER, {"org_id": org_id, "last": last, "limit": limit}).rowcount
+    if numbered:
+        conn.execute(update(_COUNTERS).where(_COUNTERS.c.org_id == org_id).values(last=last + numbered))
+    return numbered
+
+
+# UPDATE ... FROM: SQLite 3.33+ and PostgreSQL alike.
+_NUMBER = text(
+    "UPDATE events SET seq = :last + numbered.n "
+    "FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM events "
+    "      WHERE org_id = :org_id AND seq IS NULL ORDER BY id LIMIT :limit) AS numbered "
+    "WHERE events.id = numbered.id")
 
 
 def head(conn: Connection, org_id: str) -> int:

@@ -44,8 +44,9 @@ def commit(conn: Connection, parsed: ParsedMessage, plan: Plan) -> Filing:
     w = _Writer(conn, plan.org_id, now())
     filing = _dropbox(w, parsed, plan) if isinstance(plan, DropboxPlan) else _alias(w, parsed, plan)
     assert filing.decision is not None
-    deliveries.finish(conn, delivery_id, filing.email_id, decision_json(filing.decision))
-    return replace(filing, at=w.at, links=tuple(w.links), email=w.email)
+    doc = decision_json(filing.decision)
+    deliveries.finish(conn, delivery_id, filing.email_id, doc)
+    return replace(filing, at=w.at, links=tuple(w.links), email=w.email, decision_doc=doc)
 
 
 class _Writer:

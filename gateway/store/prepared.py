@@ -33,13 +33,16 @@ class Prepared:
         self.processors = {name: fn for name, fn in processors.items() if fn is not None}
         self.names = set(compiled.binds)
 
-    def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
-        """Run with ``params`` (every bind by name); returns the DB-API cursor."""
+    def _args(self, params: dict[str, Any]) -> Any:
         values = dict(params)
         for name, process in self.processors.items():
             if name in values:
                 values[name] = process(values[name])
-        args: Any = [values[name] for name in self.order] if self.order is not None else values
+        return [values[name] for name in self.order] if self.order is not None else values
+
+    def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """Run with ``params`` (every bind by name); returns the DB-API cursor."""
+        args = self._args(params)
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, args)
@@ -48,6 +51,18 @@ class Prepared:
             raise sqlalchemy.exc.DBAPIError.instance(self.sql, args, exc, self.dialect.loaded_dbapi.Error,
                                                      dialect=self.dialect) from exc
         return cursor
+
+    def run_many(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+        """Run once per row (the driver's executemany: one batch)."""
+        args = [self._args(row) for row in rows]
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(self.sql, args)
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise sqlalchemy.exc.DBAPIError.instance(self.sql, args, exc, self.dialect.loaded_dbapi.Error,
+                                                     dialect=self.dialect) from exc
+        finally:
+            cursor.close()
 
     def scalar(self, conn: Connection, params: dict[str, Any]) -> Any:
         """The first column of the first row, or None (closes the cursor)."""
