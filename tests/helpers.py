@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import smtplib
+import subprocess
 import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -410,3 +412,14 @@ def proxied_postgresql(pg_url: str, prefix: str) -> Iterator[tuple[str, "TcpProx
                 drop_schema(conn, schema)
     finally:
         admin.dispose()
+
+
+def serve_lmtp(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:
+    """A `gateway serve` process on ``database_url`` with only LMTP on port ``lmtp``,
+    once it answers."""
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}",
+           "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
+           "GATEWAY_API_LISTEN": "off"}
+    proc = serve_process(config_dir / "gateway.toml", env, log)
+    wait_port(lmtp, proc, log)
+    return proc

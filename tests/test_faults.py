@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_URL, RunningGateway
-from tests.helpers import edit_config, free_port, message, proxied_postgresql, serve_process, wait_port
+from tests.helpers import edit_config, free_port, message, proxied_postgresql, serve_lmtp
 
 H = "hashimoto@zylker.example"
 
@@ -205,13 +205,6 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
             g.stop()
 
 
-def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}",
-           "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
-           "GATEWAY_API_LISTEN": "off"}
-    proc = serve_process(config_dir / "gateway.toml", env, log)
-    wait_port(lmtp, proc, log)
-    return proc
 
 
 def _deliver_until_250(port_of, box: str, data: bytes, deadline: float) -> list[str]:
@@ -238,7 +231,7 @@ def test_sigkill_under_load_files_every_message_exactly_once(config_dir, databas
     """SIGKILL while deliveries are under way, a new process on the same port: the
     senders retry what was cut off or refused, and every message is filed exactly once."""
     port = free_port()
-    proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
+    proc = serve_lmtp(config_dir, database_url, port, tmp_path / "serve.log")
     box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", H, "--config",
                           str(config_dir / "gateway.toml")], env={**os.environ, "GATEWAY_DATABASE_URL": database_url},
                          capture_output=True, check=True).stdout.decode().strip()
@@ -260,7 +253,7 @@ def test_sigkill_under_load_files_every_message_exactly_once(config_dir, databas
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         time.sleep(0.5)
-        proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
+        proc = serve_lmtp(config_dir, database_url, port, tmp_path / "serve.log")
         killer_done.set()
 
     k = threading.Thread(target=killer)
@@ -287,8 +280,8 @@ def test_sigkill_under_load_files_every_message_exactly_once(config_dir, databas
 
 def test_three_instances_same_new_customers_no_duplicates(config_dir, database_url, tmp_path):
     ports = [free_port() for _ in range(3)]
-    procs = [_serve(config_dir, database_url, ports[0], tmp_path / "s0.log")]
-    procs += [_serve(config_dir, database_url, p, tmp_path / f"s{n}.log") for n, p in enumerate(ports[1:], 1)]
+    procs = [serve_lmtp(config_dir, database_url, ports[0], tmp_path / "s0.log")]
+    procs += [serve_lmtp(config_dir, database_url, p, tmp_path / f"s{n}.log") for n, p in enumerate(ports[1:], 1)]
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url}
     conf = str(config_dir / "gateway.toml")
     box = subprocess.run([sys.executable, "-m", "gateway", "dropbox", "address", H, "--config", conf], env=env,

@@ -26,7 +26,7 @@ from standardwebhooks import Webhook
 
 from gateway.store import db
 from tests.conftest import RunningGateway
-from tests.helpers import edit_config, free_port, message, serve_process, wait_port
+from tests.helpers import edit_config, free_port, message, serve_lmtp
 
 H = "hashimoto@zylker.example"
 CUSTOMER = "charles@zillum.com"
@@ -485,13 +485,6 @@ def test_check_names_a_missing_secret(config_dir, database_url, receiver):
 
 # --- `gateway serve` processes ------------------------------------------------------------
 
-def _serve(config_dir: Path, database_url: str, lmtp: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LMTP_LISTEN": f"127.0.0.1:{lmtp}",
-           "GATEWAY_SMTP_LISTEN": "off", "GATEWAY_SUBMISSION_LISTEN": "off", "GATEWAY_METRICS_LISTEN": "off",
-           "GATEWAY_API_LISTEN": "off"}
-    proc = serve_process(config_dir / "gateway.toml", env, log)
-    wait_port(lmtp, proc, log)
-    return proc
 
 
 def _dropbox_address(config_dir: Path, database_url: str) -> str:
@@ -524,9 +517,9 @@ def test_three_processes_on_postgresql_send_each_event_once(config_dir, database
     receiver.hold = 0.02  # long enough for two processes' attempts of one id to overlap
     configure(config_dir, [receiver.url])
     ports = [free_port() for _ in range(3)]
-    procs = [_serve(config_dir, database_url, ports[0], tmp_path / "s0.log")]
+    procs = [serve_lmtp(config_dir, database_url, ports[0], tmp_path / "s0.log")]
     try:
-        procs += [_serve(config_dir, database_url, p, tmp_path / f"s{n}.log") for n, p in enumerate(ports[1:], 1)]
+        procs += [serve_lmtp(config_dir, database_url, p, tmp_path / f"s{n}.log") for n, p in enumerate(ports[1:], 1)]
         box = _dropbox_address(config_dir, database_url)
         jobs = [(ports[i % 3], message(message_id=f"<many-{i}@zylker.example>", to=f"c{i % 20}@customer.example"))
                 for i in range(200)]
@@ -561,7 +554,7 @@ def test_sigkill_during_a_send_delivers_after_restart(config_dir, database_url, 
     receiver.gate = threading.Event()  # the first request is held until the process is dead
     configure(config_dir, [receiver.url], timeout=1, events=["email.filed"])
     port = free_port()
-    proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
+    proc = serve_lmtp(config_dir, database_url, port, tmp_path / "serve.log")
     try:
         box = _dropbox_address(config_dir, database_url)
         assert _lmtp(port, box, message()) == 250
@@ -570,7 +563,7 @@ def test_sigkill_during_a_send_delivers_after_restart(config_dir, database_url, 
         proc.wait(30)
         receiver.gate.set()
         (first,) = receiver.ids()
-        proc = _serve(config_dir, database_url, port, tmp_path / "serve.log")
+        proc = serve_lmtp(config_dir, database_url, port, tmp_path / "serve.log")
         # Sent again once the killed process's lease ran out (timeout + margin).
         receiver.wait(lambda r: len(r.ids()) >= 2, timeout=20)
         assert receiver.ids()[:2] == [first, first]
