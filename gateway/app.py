@@ -25,7 +25,7 @@ from gateway import logs, metrics
 from gateway.delivery import Deliveries, FilingFunction
 from gateway.filing import file
 from gateway.outbox import Outbox
-from gateway.webhooks import Dispatcher
+from gateway.sender import Sender
 from gateway.errors import ConfigError
 from gateway.rules.index import RuleIndex
 from gateway.rules.loader import load_rules
@@ -104,10 +104,10 @@ class App:
     api: Any = None
     api_context: Any = None
     _api_task: Any = None
-    # Events: sequencing, webhook deliveries, pruning (gateway/outbox.py).
+    # Events: sequencing, pruning (gateway/outbox.py).
     outbox: Outbox | None = None
-    # Webhook attempts under way (gateway/webhooks.py), started by the outbox's passes.
-    webhooks: Dispatcher | None = None
+    # The webhook sender process (gateway/sender.py), woken by the outbox's passes.
+    sender: Sender | None = None
 
     @property
     def engine(self) -> Engine | None:
@@ -126,11 +126,10 @@ class App:
         self.deliveries = Deliveries(database, rules, self.pool, quarantine_after=s.limits.quarantine_after_attempts,
                                      writer=LoopWriter(database) if database.is_sqlite else None,
                                      filing=self.filing or file)
-        # Events: sequenced, delivered to webhooks and pruned by the outbox's task.
-        deliveries = self.deliveries
-        self.webhooks = Dispatcher(database, s, lambda: deliveries.rules)
-        self.outbox = Outbox(database, s, deliver=self.webhooks.step)
-        self.webhooks.wake = self.outbox.wake
+        # Events: sequenced and pruned by the outbox's task, sent to webhooks by the
+        # sender process (started while the rules name an endpoint).
+        self.sender = Sender(s)
+        self.outbox = Outbox(database, s, sequenced=self.sender.wake)
         self.deliveries.changed = self.outbox.wake
         for name, cls, listen in (("lmtp", GatewayLMTP, s.listeners.lmtp), ("smtp", GatewaySMTP, s.listeners.smtp)):
             if not listen:
@@ -180,6 +179,7 @@ class App:
             self._tasks.append(loop.create_task(self._watch_rules()))
         await self._start_database_probe()
         self.outbox.start()
+        self.sender.set_hooks(rules)
         metrics.up.set(1)
 
     async def _start_api(self, host: str, port: int) -> None:
@@ -327,6 +327,8 @@ class App:
                 log.error("rules_reload_failed", cause=cause, error=f"{type(exc).__name__}: {exc}")
                 return False
             self.deliveries.swap_rules(rules)
+            if self.sender is not None:
+                self.sender.set_hooks(rules)
             metrics.rule_reloads.labels(result="ok").inc()
             metrics.rules_last_reload.set(time.time())
             log.info("rules_reloaded", cause=cause, organisations=len(rules.orgs), files=len(rules.files))
@@ -384,8 +386,8 @@ class App:
             self.api_context.shutdown()
         if self.outbox is not None:
             await self.outbox.stop()
-        if self.webhooks is not None:
-            await self.webhooks.stop()
+        if self.sender is not None:
+            await self.sender.stop()
         if self.pool:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.shutdown)
         if self.deliveries is not None and self.deliveries.writer is not None:

@@ -1,11 +1,11 @@
 """The daemon's side of the outbox (issue 14): put committed events in their feed order
-(gateway/store/events.py ``sequence``), hand them to the webhook deliveries, prune
-what is older than the retention, keep the gauges current.
+(gateway/store/events.py ``sequence``), tell the webhook sender (gateway/sender.py)
+there are new ones, prune what is older than the retention.
 
-It runs as one task on the event loop; its database work runs in the worker pool.
-``wake()`` (called after this process committed a change with events) starts a pass
-at once; otherwise a pass runs every ``[events] poll_seconds`` -- for the events
-other processes (other instances, `gateway import`) wrote."""
+It runs as one task on the event loop (``Passes``); its database work runs in its
+own thread.  ``wake()`` (called after this process committed a change with events)
+starts a pass at once; otherwise a pass runs every ``[events] poll_seconds`` -- for
+the events other processes (other instances, `gateway import`) wrote."""
 
 from __future__ import annotations
 
@@ -31,19 +31,20 @@ MIN_PASS_SECONDS = 0.05
 T = TypeVar("T")
 
 
-class Outbox:
-    def __init__(self, database: Database, settings: Settings,
-                 deliver: Callable[[], Awaitable[None]] | None = None):
-        self.database = database
-        self.settings = settings
-        # Its own thread for database work: the filing workers are never taken.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-outbox")
-        # One pass of the webhook deliveries (gateway/webhooks), after sequencing.
-        self.deliver = deliver
+class Passes:
+    """One task that runs ``step`` after each ``wake()`` -- passes at least
+    ``min_pass_seconds`` apart, so under load one pass serves many wakes -- and every
+    ``poll_seconds`` without one.  A pass that fails is logged; the next one tries again."""
+
+    def __init__(self, step: Callable[[], Awaitable[Any]], poll_seconds: float, component: str,
+                 min_pass_seconds: float = MIN_PASS_SECONDS):
+        self.step = step
+        self.poll_seconds = poll_seconds
+        self.min_pass_seconds = min_pass_seconds
+        self.component = component
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
-        self._last_prune = 0.0
         self._stopping = False
         self._last_pass = 0.0
 
@@ -52,7 +53,7 @@ class Outbox:
         self._task = self._loop.create_task(self._main())
 
     def wake(self) -> None:
-        """A change with events was committed (any thread)."""
+        """Run a pass soon (from any thread)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -64,10 +65,6 @@ class Outbox:
             pass
         loop.call_soon_threadsafe(self._wake.set)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in the outbox's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
@@ -75,35 +72,60 @@ class Outbox:
             # A pass under way ends at its next await; never wait on it for long.
             await asyncio.wait([self._task], timeout=STOP_WAIT_SECONDS)
             self._task = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _main(self) -> None:
         while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.events.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
-            # Commits wake it at once; passes are at least MIN_PASS_SECONDS apart, so
-            # under load one pass (one short write transaction) serves many filings.
-            await asyncio.sleep(max(0.0, self._last_pass + MIN_PASS_SECONDS - time.monotonic()))
+            await asyncio.sleep(max(0.0, self._last_pass + self.min_pass_seconds - time.monotonic()))
             self._last_pass = time.monotonic()
             try:
                 await self.step()
             except asyncio.CancelledError:
                 raise
             except TemporaryFailure as exc:
-                log.warning("outbox_pass_failed", error=exc.detail)
+                log.warning("pass_failed", component=self.component, error=exc.detail)
             except Exception as exc:  # a bug: logged, the next pass tries again
-                metrics.errors.labels(component="outbox").inc()
-                log.error("outbox_pass_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                metrics.errors.labels(component=self.component).inc()
+                log.error("pass_failed", component=self.component, error=f"{type(exc).__name__}: {exc}",
+                          exc_info=exc)
+
+
+class Outbox:
+    def __init__(self, database: Database, settings: Settings, sequenced: Callable[[], None] | None = None):
+        self.database = database
+        self.settings = settings
+        # Its own thread for database work: the filing workers are never taken.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-outbox")
+        # Told after a pass that put events in the feed (the webhook sender's wake).
+        self.sequenced = sequenced
+        self._passes = Passes(self.step, settings.events.poll_seconds, "outbox")
+        self._last_prune: float | None = None  # the first pass prunes (at start)
+
+    def start(self) -> None:
+        self._passes.start()
+
+    def wake(self) -> None:
+        """A change with events was committed (any thread)."""
+        self._passes.wake()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in the outbox's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def stop(self) -> None:
+        await self._passes.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def step(self) -> int:
-        """One pass: sequence, deliver, maybe prune; the number of events sequenced."""
+        """One pass: sequence, tell the sender, maybe prune; the number of events sequenced."""
         sequenced = await self.run(guarded(self._sequence_all, "events_sequence"))
-        if self.deliver is not None:
-            await self.deliver()
-        if time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS:
+        if sequenced and self.sequenced is not None:
+            self.sequenced()
+        if self._last_prune is None or time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS:
             self._last_prune = time.monotonic()
             await self.run(guarded(self._prune, "events_prune"))
         return int(sequenced)

@@ -328,6 +328,27 @@ def serve_process(config: Any, env: dict[str, str], log: Any) -> Any:
                                 env=env, stdout=subprocess.DEVNULL, stderr=f)
 
 
+def kill_tree(proc: Any) -> None:
+    """SIGKILL a process and its children (children first: nothing of them runs on
+    after the parent is gone), then reap it."""
+    import signal
+
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{proc.pid}/task"):
+            with open(f"/proc/{proc.pid}/task/{task}/children") as f:
+                children += [int(pid) for pid in f.read().split()]
+    except OSError:
+        pass
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+
 def edit_config(path: Path, old: str, new: str, count: int = 1) -> None:
     """Replace ``old`` with ``new`` in a copy of the demo config (gateway.toml, rules/).
 

@@ -8,6 +8,7 @@ the endpoints -- not through the outbox, nothing is stored -- and prints each an
 from __future__ import annotations
 
 import argparse
+import asyncio
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -91,12 +92,10 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    import httpx
-
     from gateway.events import PING
     from gateway.views import ts
     from gateway.store.sql import now
-    from gateway.webhooks import attempt_error, read_secret, signed
+    from gateway.webhooks import read_secret, signed
 
     s = settings(args)
     org = _org(rules(s), args.org)
@@ -105,29 +104,55 @@ def _test(args: argparse.Namespace) -> int:
         raise UserError(f"{args.org} has no webhook {args.url}" if args.url else
                         f"{args.org} has no [[webhooks]] in its rule file")
     ok = True
-    with httpx.Client(follow_redirects=False, timeout=s.webhooks.timeout_seconds) as http:
-        for hook in hooks:
-            secret, problem = read_secret(hook)
-            if problem:
-                print(f"{hook.url}: not sent: {problem}")
-                ok = False
-                continue
-            assert secret is not None
-            msg_id = f"evt_{org.id}_ping_{secrets.token_hex(8)}"
-            body, headers = signed(secret, msg_id, {"type": PING, "timestamp": ts(now()), "data": {
-                "message": f"a test of webhook {hook.url} of {org.id} by `gateway webhooks test`"}})
-            try:
-                response = http.post(hook.url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                print(f"{hook.url}: {msg_id}: no answer: {type(exc).__name__}: {exc}")
-                ok = False
-                continue
-            error = attempt_error(response.status_code, response.headers.get("location"))
-            ok = ok and error is None
-            answer = response.text[:ANSWER_CHARS].replace("\n", " ")
-            print(f"{hook.url}: {msg_id}: {response.status_code} {response.reason_phrase}"
-                  + (f" ({error})" if error else "") + (f": {answer}" if answer else ""))
+    sends: list[tuple[str, str, bytes, dict[str, str]]] = []
+    for hook in hooks:
+        secret, problem = read_secret(hook)
+        if problem:
+            print(f"{hook.url}: not sent: {problem}")
+            ok = False
+            continue
+        assert secret is not None
+        msg_id = f"evt_{org.id}_ping_{secrets.token_hex(8)}"
+        body, headers = signed(secret, msg_id, {"type": PING, "timestamp": ts(now()), "data": {
+            "message": f"a test of webhook {hook.url} of {org.id} by `gateway webhooks test`"}})
+        sends.append((hook.url, msg_id, body, headers))
+    for line, sent in asyncio.run(_send_all(sends, s.webhooks.timeout_seconds)):
+        print(line)
+        ok = ok and sent
     return EXIT_OK if ok else EXIT_FAIL
+
+
+async def _send_all(sends: list[tuple[str, str, bytes, dict[str, str]]],
+                    timeout: float) -> list[tuple[str, bool]]:
+    """Each ping sent with the daemon's client, one after another: what to print, and
+    whether it got a 2xx."""
+    from http import HTTPStatus
+
+    import aiohttp
+
+    from gateway.webhooks import attempt_error, client, post, request_error
+
+    lines = []
+    async with client(timeout) as session:
+        for url, msg_id, body, headers in sends:
+            try:
+                async with asyncio.timeout(timeout):
+                    status, location, answer = await post(session, url, body, headers)
+            except TimeoutError:
+                lines.append((f"{url}: {msg_id}: no answer within {timeout:g} s", False))
+                continue
+            except (aiohttp.ClientError, OSError) as exc:
+                lines.append((f"{url}: {msg_id}: no answer: {request_error(exc)}", False))
+                continue
+            error = attempt_error(status, location)
+            try:
+                reason = HTTPStatus(status).phrase
+            except ValueError:
+                reason = ""
+            text = answer.decode("utf-8", "replace")[:ANSWER_CHARS].replace("\n", " ")
+            lines.append((f"{url}: {msg_id}: {status} {reason}".rstrip() + (f" ({error})" if error else "")
+                          + (f": {text}" if text else ""), error is None))
+    return lines
 
 
 def _add_webhooks(sub: Subparsers, common: argparse.ArgumentParser) -> None:

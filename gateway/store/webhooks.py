@@ -9,25 +9,27 @@ endpoint's new events and takes its due deliveries:
 
 - fan-out: one ``pending`` delivery per wanted event after the cursor, the cursor
   moved to the last seq read (unwanted types are passed over);
-- claim: due deliveries, in seq order, at most ``concurrency`` leased at once, none
-  while an earlier delivery of the same record is still pending (a record's events
-  arrive in order); each gets ``lease_until`` (no other process takes it until then:
-  after a crash the lease runs out and it is sent again -- at least once) and one
-  more attempt.
+- claim: due deliveries, in seq order, at most ``batch`` leased at once (the claiming
+  process sends them ``concurrency`` at a time), none while an earlier delivery of
+  the same record is still pending (a record's events arrive in order); each gets
+  ``lease_until`` -- long enough for the whole batch to be sent -- (no other process
+  takes it until then: after a crash the lease runs out and it is sent again -- at
+  least once) and one more attempt.
 
-``record()`` writes an attempt's outcome only if the claim is still the one that
-sent it (same attempt count, still pending)."""
+``record_many()`` writes an attempt's outcome only if the claim is still the one
+that sent it (same attempt count, still pending)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import Connection, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, Integer, and_, bindparam, case, exists, func, insert, null, or_, select, update
 
 from gateway.rules.index import RuleIndex
 from gateway.store import events as store_events
 from gateway.store import models as m
+from gateway.store.prepared import PerDialect, Prepared
 from gateway.store.sql import insert_for, now
 
 _ENDPOINTS, _DELIVERIES, _EVENTS = m.WebhookEndpoint.__table__, m.WebhookDelivery.__table__, m.Event.__table__
@@ -111,9 +113,12 @@ def endpoints_with_work(conn: Connection) -> list[Endpoint]:
     return [Endpoint(*r) for r in conn.execute(query.order_by(e.c.id))]
 
 
-def take(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: float) -> Taken | None:
-    """Fan out the endpoint's new events and claim its due deliveries (``concurrency``
-    0: fan out only); None if another process holds the endpoint.  The caller commits."""
+def take(conn: Connection, endpoint_id: int, concurrency: int, batch: int, attempt_seconds: float,
+         margin_seconds: float) -> Taken | None:
+    """Fan out the endpoint's new events and claim up to ``batch`` due deliveries, to be
+    sent ``concurrency`` at a time, each within ``attempt_seconds`` (``batch`` 0: fan
+    out only); None if another process holds the endpoint.  The caller commits.  The
+    leases end ``margin_seconds`` after the last attempt could."""
     endpoint = conn.execute(
         select(_ENDPOINTS.c.org_id, _ENDPOINTS.c.cursor, _ENDPOINTS.c.events, _ENDPOINTS.c.active,
                _ENDPOINTS.c.last_error_at, _ENDPOINTS.c.last_success_at)
@@ -133,48 +138,62 @@ def take(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: fl
         if rows:
             conn.execute(insert(_DELIVERIES), rows)
         conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == endpoint_id).values(cursor=new[-1].seq))
-    if concurrency > 0 and endpoint.last_error_at is not None and (
+    if batch > 0 and endpoint.last_error_at is not None and (
             endpoint.last_success_at is None or endpoint.last_error_at > endpoint.last_success_at):
         # Failing (its last attempt failed): one attempt at a time probes it, so a dead
         # endpoint's backlog costs one request per pass, not a burst per retry wave;
-        # the first success gives it its whole concurrency back.
-        concurrency = 1
-    return Taken(_claim(conn, endpoint_id, concurrency, lease_seconds, at) if concurrency > 0 else [],
-                 len(new) == FAN_OUT_BATCH)
+        # the first success gives it its whole batch back.
+        concurrency = batch = 1
+    lease = (concurrency, attempt_seconds, margin_seconds)
+    return Taken(_claim(conn, endpoint_id, batch, lease, at) if batch > 0 else [], len(new) == FAN_OUT_BATCH)
 
 
-def _claim(conn: Connection, endpoint_id: int, concurrency: int, lease_seconds: float, at: datetime) -> list[Claim]:
+def _claim(conn: Connection, endpoint_id: int, batch: int, lease: tuple[int, float, float],
+           at: datetime) -> list[Claim]:
+    """Two statements, built once (a pass runs them for every endpoint): the count of
+    attempts leased, then the due deliveries with their events."""
     d = _DELIVERIES
-    leased = conn.execute(select(func.count()).select_from(d).where(
-        d.c.endpoint_id == endpoint_id, d.c.status == PENDING, d.c.lease_until > at)).scalar_one()
-    room = concurrency - leased
+    leased = conn.execute(_LEASED, {"endpoint_id": endpoint_id, "at": at}).scalar_one()
+    room = batch - leased
     if room <= 0:
         return []
-    earlier = d.alias("earlier")
-    query = (select(d.c.id, d.c.seq, d.c.attempts, d.c.event_id)
-             .where(d.c.endpoint_id == endpoint_id, d.c.status == PENDING, d.c.next_attempt_at <= at,
-                    or_(d.c.lease_until.is_(None), d.c.lease_until <= at),
-                    # A record's events in order: none while an earlier one waits or is in flight.
-                    or_(d.c.record_id.is_(None),
-                        ~exists().where(earlier.c.endpoint_id == d.c.endpoint_id,
-                                        earlier.c.record_id == d.c.record_id, earlier.c.status == PENDING,
-                                        earlier.c.seq < d.c.seq)))
-             # The due index's order (seq order within a pass's hand-out): no sort of a
-             # large backlog per pass.
-             .order_by(d.c.next_attempt_at, d.c.id).limit(room))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=d, skip_locked=True)
-    due = conn.execute(query).all()
+    query = _DUE_LOCKED if conn.dialect.name == "postgresql" else _DUE
+    due = conn.execute(query, {"endpoint_id": endpoint_id, "at": at, "room": room}).all()
     if not due:
         return []
-    lease_until = at + timedelta(seconds=lease_seconds)
+    # Long enough for every attempt leased to the endpoint, ``concurrency`` at a time.
+    concurrency, attempt_seconds, margin_seconds = lease
+    rounds = -(-(leased + len(due)) // concurrency)
+    lease_until = at + timedelta(seconds=attempt_seconds * rounds + margin_seconds)
     conn.execute(update(d).where(d.c.id.in_([r.id for r in due]))
                  .values(attempts=d.c.attempts + 1, lease_until=lease_until, updated_at=at))
-    events = {r.id: r for r in conn.execute(
-        select(_EVENTS.c.id, _EVENTS.c.org_id, _EVENTS.c.type, _EVENTS.c.created_at, _EVENTS.c.data)
-        .where(_EVENTS.c.id.in_([r.event_id for r in due])))}
-    return [Claim(r.id, endpoint_id, events[r.event_id].org_id, r.seq, r.attempts + 1, events[r.event_id].type,
-                  events[r.event_id].created_at, events[r.event_id].data) for r in due]
+    return [Claim(r.id, endpoint_id, r.org_id, r.seq, r.attempts + 1, r.type, r.created_at, r.data) for r in due]
+
+
+def _due_query() -> Any:
+    d, e = _DELIVERIES, _EVENTS
+    earlier = d.alias("earlier")
+    at = bindparam("at", type_=d.c.next_attempt_at.type)
+    return (select(d.c.id, d.c.seq, d.c.attempts, e.c.org_id, e.c.type, e.c.created_at, e.c.data)
+            .select_from(d.join(e, e.c.id == d.c.event_id))
+            .where(d.c.endpoint_id == bindparam("endpoint_id"), d.c.status == PENDING, d.c.next_attempt_at <= at,
+                   or_(d.c.lease_until.is_(None), d.c.lease_until <= at),
+                   # A record's events in order: none while an earlier one waits or is in flight.
+                   or_(d.c.record_id.is_(None),
+                       ~exists().where(earlier.c.endpoint_id == d.c.endpoint_id,
+                                       earlier.c.record_id == d.c.record_id, earlier.c.status == PENDING,
+                                       earlier.c.seq < d.c.seq)))
+            # The due index's order (seq order within a pass's hand-out): no sort of a
+            # large backlog per pass.
+            .order_by(d.c.next_attempt_at, d.c.id).limit(bindparam("room", type_=Integer)))
+
+
+_DUE = _due_query()
+# PostgreSQL: rows another process is claiming are passed over, not waited for.
+_DUE_LOCKED = _DUE.with_for_update(of=_DELIVERIES, skip_locked=True)
+_LEASED = select(func.count()).select_from(_DELIVERIES).where(
+    _DELIVERIES.c.endpoint_id == bindparam("endpoint_id"), _DELIVERIES.c.status == PENDING,
+    _DELIVERIES.c.lease_until > bindparam("at", type_=_DELIVERIES.c.lease_until.type))
 
 
 def _still_ours(claim: Claim) -> Any:
@@ -182,35 +201,56 @@ def _still_ours(claim: Claim) -> Any:
     return and_(d.c.id == claim.delivery_id, d.c.status == PENDING, d.c.attempts == claim.attempts)
 
 
-def record(conn: Connection, claim: Claim, status: int | None, error: str | None,
-           retry_seconds: Sequence[float]) -> str | None:
-    """An attempt's outcome: ``delivered`` (no error), ``retry`` (pending again after
-    the schedule's wait) or ``failed`` (no retry left; kept).  None if the claim was
-    lost meanwhile (its lease ran out and another process took it)."""
-    d, e = _DELIVERIES, _ENDPOINTS
-    at = now()
-    if error is None:
-        outcome, values = DELIVERED, {"status": DELIVERED}
-    elif claim.attempts <= len(retry_seconds):
-        outcome = "retry"
-        values = {"next_attempt_at": at + timedelta(seconds=retry_seconds[claim.attempts - 1])}
-    else:
-        outcome, values = FAILED, {"status": FAILED}
-    done = conn.execute(update(d).where(_still_ours(claim)).values(
-        lease_until=None, last_status=status, last_error=error, updated_at=at, **values)).rowcount
-    if not done:
-        return None
-    if error is None:
-        conn.execute(update(e).where(e.c.id == claim.endpoint_id).values(last_success_at=at))
-    else:
-        conn.execute(update(e).where(e.c.id == claim.endpoint_id).values(last_error=error, last_error_at=at))
-    return outcome
-
-
 def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, str | None]],
                 retry_seconds: Sequence[float]) -> list[str | None]:
-    """record() for many attempts, in one transaction."""
-    return [record(conn, claim, status, error, retry_seconds) for claim, status, error in outcomes]
+    """Attempts' outcomes, in one transaction: each ``delivered`` (no error), ``retry``
+    (pending again after the schedule's wait) or ``failed`` (no retry left; kept); None
+    where the claim was lost meanwhile (its lease ran out and another process took it:
+    written only if the delivery is still pending with the same attempt count).  The
+    statement is prepared (the driver's cursor): this runs for every event sent."""
+    at = now()
+    statement = _record(conn)
+    results: list[str | None] = []
+    succeeded: dict[int, datetime] = {}
+    errors: dict[int, str] = {}
+    for claim, status, error in outcomes:
+        next_at = None
+        if error is None:
+            outcome, new_status = DELIVERED, DELIVERED
+        elif claim.attempts <= len(retry_seconds):
+            outcome, new_status = "retry", PENDING
+            next_at = at + timedelta(seconds=retry_seconds[claim.attempts - 1])
+        else:
+            outcome, new_status = FAILED, FAILED
+        cursor = statement.execute(conn, {
+            "w_status": new_status, "w_next": next_at, "w_last_status": status, "w_error": error, "w_at": at,
+            "w_id": claim.delivery_id, "w_pending": PENDING, "w_attempts": claim.attempts})
+        done = cursor.rowcount
+        cursor.close()
+        results.append(outcome if done else None)
+        if done and error is None:
+            succeeded[claim.endpoint_id] = at
+        elif done:
+            errors[claim.endpoint_id] = error  # type: ignore[assignment]
+    e = _ENDPOINTS
+    for endpoint_id in succeeded:
+        conn.execute(update(e).where(e.c.id == endpoint_id).values(last_success_at=at))
+    for endpoint_id, error in errors.items():
+        conn.execute(update(e).where(e.c.id == endpoint_id).values(last_error=error, last_error_at=at))
+    return results
+
+
+_record = PerDialect(lambda conn: Prepared(
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("w_id"), _DELIVERIES.c.status == bindparam("w_pending"),
+           _DELIVERIES.c.attempts == bindparam("w_attempts"))
+    .values(status=bindparam("w_status"),
+            next_attempt_at=func.coalesce(bindparam("w_next", type_=_DELIVERIES.c.next_attempt_at.type),
+                                          _DELIVERIES.c.next_attempt_at),
+            lease_until=null(), last_status=bindparam("w_last_status", type_=_DELIVERIES.c.last_status.type),
+            last_error=bindparam("w_error", type_=_DELIVERIES.c.last_error.type),
+            updated_at=bindparam("w_at", type_=_DELIVERIES.c.updated_at.type)),
+    conn.dialect))
 
 
 def release(conn: Connection, claims: Sequence[Claim]) -> int:
@@ -244,12 +284,14 @@ def next_due(conn: Connection) -> datetime | None:
 
 
 def backlog(conn: Connection) -> tuple[int, datetime | None]:
-    """Pending deliveries of active endpoints, and when the oldest one's event was made."""
+    """Pending deliveries of active endpoints, and when the oldest one's event was made
+    (counted on the due index; the oldest is the smallest event id -- ids grow with
+    time -- so only one event row is read, however long a dead endpoint's backlog)."""
     d = _DELIVERIES
-    count, oldest = conn.execute(select(func.count(), func.min(_EVENTS.c.created_at))
-                                 .select_from(d.join(_EVENTS, _EVENTS.c.id == d.c.event_id))
-                                 .where(_active_pending())).one()
-    return count, oldest
+    count, first = conn.execute(select(func.count(), func.min(d.c.event_id)).where(_active_pending())).one()
+    if first is None:
+        return count, None
+    return count, conn.execute(select(_EVENTS.c.created_at).where(_EVENTS.c.id == first)).scalar_one_or_none()
 
 
 # --- `gateway webhooks` ----------------------------------------------------------------------

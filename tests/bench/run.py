@@ -84,6 +84,7 @@ async def measure(server: srv.Server, listener: str, factory: MessageFactory, co
         if pg:
             db_before.update(srv.cpu_seconds_of("postgres"))
         marks["cpu"] = srv.cpu_seconds(pid)
+        marks["children"] = srv.children_cpu_seconds(pid)
         marks["client"] = time.process_time()
         marks["busy"], marks["steal"], marks["total"] = srv.system_cpu()
 
@@ -105,6 +106,7 @@ async def measure(server: srv.Server, listener: str, factory: MessageFactory, co
     finally:
         sampler.cancel()
     cpu = srv.cpu_seconds(pid) - marks.get("cpu", 0.0)
+    children_cpu = srv.children_cpu_seconds(pid) - marks.get("children", 0.0)  # the webhook sender
     if recorder is not None:
         recorder.stop()
     client = time.process_time() - marks.get("client", 0.0)
@@ -131,6 +133,8 @@ async def measure(server: srv.Server, listener: str, factory: MessageFactory, co
         "mean_ms": statistics.fmean(lat) if lat else float("nan"),
         "max_ms": max(lat) if lat else float("nan"),
         "cpu_ms_per_msg": cpu * 1000 / result.ok if result.ok else float("nan"),
+        # The gateway's child processes (its webhook sender), not in cpu_ms_per_msg.
+        "children_cpu_ms_per_msg": children_cpu * 1000 / result.ok if result.ok else float("nan"),
         "server_cpu_util": cpu / wall,
         "db_cpu_ms_per_msg": (db_cpu * 1000 / result.ok if result.ok else float("nan")) if db_cpu is not None else None,
         "client_cpu_util": client / wall,
@@ -148,6 +152,28 @@ async def measure(server: srv.Server, listener: str, factory: MessageFactory, co
     return row, result
 
 
+async def webhooks_drained(gw: srv.GatewayServer, receiver: srv.WebhookReceiver) -> dict[str, Any]:
+    """GATEWAY_BENCH_WEBHOOKS=on, after a gateway run: how many events the fast receiver
+    still lacked when the load stopped, and how long until it had them all (so no
+    delivery is left to run during the next run, the sink's or another gateway's)."""
+    started = time.monotonic()
+    behind: int | None = None
+    while time.monotonic() - started < DRAIN_MAX_SECONDS:
+        events, posts = await asyncio.gather(asyncio.to_thread(gw.database.count, "events"),
+                                             asyncio.to_thread(receiver.posts))
+        if events is None:
+            break
+        if behind is None:
+            behind = max(0, events - posts)
+        if posts >= events:
+            return {"webhooks_behind": behind, "webhooks_drain_s": round(time.monotonic() - started, 2)}
+        await asyncio.sleep(0.05)
+    return {"webhooks_behind": behind, "webhooks_drain_s": None}
+
+
+DRAIN_MAX_SECONDS = 120.0
+
+
 def describe(row: dict[str, Any], backend: str, repeat: int) -> str:
     what = "sink" if row["server"] == "sink" else f"gateway/{backend}"
     db = f" (+PG {row['db_cpu_ms_per_msg']:.2f})" if row.get("db_cpu_ms_per_msg") is not None else ""
@@ -155,6 +181,11 @@ def describe(row: dict[str, Any], backend: str, repeat: int) -> str:
             f"{row['msgs_per_s']:8.1f} msg/s  p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
             f"cpu {row['cpu_ms_per_msg']:6.2f} ms/msg{db}  rss {row['peak_rss_mib']:6.0f} MiB  n={row['ok']}"
             f"  client {row['client_cpu_util']:.0%} other {row['other_busy_cores']:.1f} cores")
+    if "webhooks_behind" in row:
+        drain = row["webhooks_drain_s"]
+        text += (f"  webhooks: sender cpu {row['children_cpu_ms_per_msg']:.2f} ms/msg, "
+                 f"{row['webhooks_behind']} behind at the end, "
+                 + (f"all delivered {drain:.2f} s later" if drain is not None else "NOT ALL DELIVERED"))
     if row["errors"]:
         text += f"  ERRORS {row['error_kinds']} e.g. {row['error_samples'][:2]}"
     if row["client_cpu_util"] > 0.85:
@@ -226,6 +257,8 @@ async def throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             row, result = await measure(server, listener, factory, conns, seconds, cap, seq,
                                                         tag=f"-{rep + 1}")
                             seq = result.next_seq
+                            if isinstance(server, srv.GatewayServer) and srv.RECEIVER is not None:
+                                row.update(await webhooks_drained(server, srv.RECEIVER))
                             backend = server.database.backend if isinstance(server, srv.GatewayServer) else "-"
                             row.update(backend=backend, repeat=rep)
                             runs.append(row)

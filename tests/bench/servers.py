@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
+import json
 import os
 import re
 import secrets
@@ -12,8 +14,8 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,22 @@ def cpu_seconds(pid: int) -> float:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's live children (the gateway's webhook sender)."""
+    total = 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    try:
+                        total += cpu_seconds(int(child))
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return total
 
 
 def cpu_seconds_of(comm: str) -> dict[int, float]:
@@ -211,17 +229,20 @@ class Database:
                    schema=schema)
 
     def count_emails(self) -> int | None:
+        return self.count("emails")
+
+    def count(self, table: str) -> int | None:
         try:
             if self.backend == "sqlite":
                 assert self.path is not None
                 with sqlite3.connect(self.path, timeout=30) as conn:
-                    return conn.execute("SELECT count(*) FROM emails").fetchone()[0]
+                    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             import psycopg
 
             with psycopg.connect(self.admin_url, autocommit=True) as conn:  # type: ignore[arg-type]
-                return conn.execute(f"SELECT count(*) FROM {self.schema}.emails").fetchone()[0]
+                return conn.execute(f"SELECT count(*) FROM {self.schema}.{table}").fetchone()[0]
         except Exception as exc:  # a report, not a failure of the run
-            print(f"bench: could not count emails in {self.backend}: {exc}", file=sys.stderr)
+            print(f"bench: could not count {table} in {self.backend}: {exc}", file=sys.stderr)
             return None
 
     def size_mib(self) -> float | None:
@@ -272,7 +293,7 @@ def prepare_config(workdir: Path) -> Path:
     text = re.sub(r'(?m)^(\s*format\s*=\s*)"[a-z]+"', r'\1"json"', text)
     (conf / "gateway.toml").write_text(text)
     shutil.copytree(REPO / "rules", conf / "rules")
-    if os.environ.get("GATEWAY_BENCH_WEBHOOKS") == "on":
+    if os.environ.get("GATEWAY_BENCH_WEBHOOKS") in ("on", "fast"):
         _add_webhooks(conf / "rules" / "zylker.toml")
     keys = REPO / "keys"
     if keys.is_dir() and any(keys.glob("*.pem")):
@@ -286,27 +307,41 @@ def prepare_config(workdir: Path) -> Path:
 
 
 # GATEWAY_BENCH_WEBHOOKS=on: zylker gets two webhook endpoints -- a fast receiver in
-# this process (answers 204 at once) and one that is down (a closed port) -- to show
-# what the outbox costs filing (issue 14).
+# its own process (tests/bench/receiver.py: answers 204 at once, keep-alive) and one
+# that is down (a closed port) -- to show what the outbox and webhooks cost filing
+# (issue 14).  After each gateway run the bench waits until the receiver has every
+# event (run.py), so deliveries left over never run during the sink's turn.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-only-webhook-secret-000").decode()
 
 
+class WebhookReceiver:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.bench.receiver"], cwd=REPO,
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        atexit.register(self.stop)
+
+    def posts(self) -> int:
+        with urllib.request.urlopen(f"http://{HOST}:{self.port}/count", timeout=10) as answer:
+            return int(json.load(answer)["posts"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+RECEIVER: WebhookReceiver | None = None
+
+
 def _add_webhooks(rules: Path) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Fast(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer((HOST, 0), Fast)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    global RECEIVER
+    if RECEIVER is None:
+        RECEIVER = WebhookReceiver()
     with rules.open("a") as f:
-        for port in (server.server_address[1], free_port()):
+        down = [free_port()] if os.environ.get("GATEWAY_BENCH_WEBHOOKS") != "fast" else []
+        for port in (RECEIVER.port, *down):
             f.write(f'\n[[webhooks]]\nurl = "http://{HOST}:{port}/hooks"\nsecret_env = "GATEWAY_BENCH_WEBHOOK_SECRET"\n')
 
 
