@@ -13,7 +13,7 @@ The pull feed (we ask; for a CRM behind a firewall):
 
     python examples/webhook_consumer.py pull --token "$TOKEN" [--url http://127.0.0.1:8026/v1] [--follow]
 
-Needs `pip install standardwebhooks httpx` (both come with the gateway).  At-least-once:
+Needs only the standard library and `standardwebhooks` (it comes with the gateway).  At-least-once:
 the same event may arrive twice (a retry after a lost answer, a restart); its id is
 the same, so keep the ids you handled -- here a set in memory, in a CRM a unique key.
 """
@@ -25,10 +25,11 @@ import json
 import os
 import sys
 import time
+import urllib.parse
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 from standardwebhooks import Webhook, WebhookVerificationError
 
 
@@ -81,18 +82,18 @@ def serve(port: int, secret: str, store: Path | None) -> None:
 
 
 def pull(url: str, token: str, after: str | None, follow: bool) -> None:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
-        while True:
-            r = api.get("/events", params={"limit": 500, **({"after": after} if after else {})})
-            r.raise_for_status()
-            page = r.json()
-            for event in page["items"]:
-                print(f"{event['id']}  {event['type']:<20} {describe(event)}", flush=True)
-            after = page["next_after"] or after  # keep it: the next run starts there
-            if not page["items"]:
-                if not follow:
-                    return
-                time.sleep(2)
+    while True:
+        query = urllib.parse.urlencode({"limit": 500, **({"after": after} if after else {})})
+        request = urllib.request.Request(f"{url}/events?{query}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:  # raises HTTPError on 4xx/5xx
+            page = json.load(answer)
+        for event in page["items"]:
+            print(f"{event['id']}  {event['type']:<20} {describe(event)}", flush=True)
+        after = page["next_after"] or after  # keep it: the next run starts there
+        if not page["items"]:
+            if not follow:
+                return
+            time.sleep(2)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ METRICS_EVERY_SECONDS = 1.0
 # Passes at least this far apart: under load a pass (a few statements per endpoint)
 # serves up to CLAIM_PER_SLOT x concurrency events per endpoint, so this bounds the
 # pass overhead, and adds at most this much to an event's way to its endpoint.
-MIN_PASS_SECONDS = 0.1
+MIN_PASS_SECONDS = 0.25
 STOP_WAIT_SECONDS = 15.0  # the sender's own stop: cut attempts, give them back, write outcomes
 RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)
 OUTCOMES = ("delivered", "retry", "failed")

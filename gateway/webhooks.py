@@ -39,7 +39,8 @@ from standardwebhooks import Webhook
 from gateway import logs, metrics
 from gateway.delivery import guarded
 from gateway.errors import TemporaryFailure
-from gateway.events import envelope
+from gateway.events import public_id
+from gateway.views import ts
 from gateway.rules.index import RuleIndex, WebhookEntry
 from gateway.settings import Settings
 from gateway.store import webhooks as store
@@ -53,13 +54,16 @@ log = logs.get("gateway.webhooks")
 LEASE_MARGIN_SECONDS = 5.0
 # Deliveries an endpoint may have leased per slot of its concurrency (a pass takes that
 # many, sent `concurrency` at a time): one pass serves many events.
-CLAIM_PER_SLOT = 32
+CLAIM_PER_SLOT = 64
 # Of an answer, at most this much is read (the connection is kept for the next request
 # when the answer was read whole).
 ANSWER_READ_BYTES = 64 * 1024
 # The gauges (pending deliveries, oldest pending age) at most this often.
 GAUGES_EVERY_SECONDS = 5.0  # a count over a dead endpoint's whole backlog
 USER_AGENT = "crm-mail-gateway webhooks"
+# Outcomes are written this long after the first of a batch ends: one transaction for
+# the attempts that end meanwhile (each is one more take of SQLite's write lock).
+FLUSH_AFTER_SECONDS = 0.02
 # At a stop, outcomes still being written are waited for this long.
 FLUSH_WAIT_SECONDS = 5.0
 T = TypeVar("T")
@@ -96,7 +100,17 @@ def read_secret(hook: WebhookEntry, environ: Any = None) -> tuple[str | None, st
 def signed(secret: str, msg_id: str, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one attempt (Standard Webhooks: the signature covers
     the id, the timestamp and the body)."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return signed_body(secret, msg_id, json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+
+def event_body(type_: str, created_at: datetime, data_json: str) -> str:
+    """A webhook's body -- the feed's event without its id, ``{"type", "timestamp",
+    "data"}`` -- around the event's data as stored (JSON text: not decoded and encoded
+    again for every attempt)."""
+    return f'{{"type":{json.dumps(type_)},"timestamp":{json.dumps(ts(created_at))},"data":{data_json}}}'
+
+
+def signed_body(secret: str, msg_id: str, body: str) -> tuple[bytes, dict[str, str]]:
     at = datetime.now(timezone.utc)
     return body.encode("utf-8"), {
         "webhook-id": msg_id,
@@ -218,7 +232,8 @@ class Dispatcher:
         more = False
         if not hooks:  # no [[webhooks]] here: not a query more per pass
             return _Pass([], False, None)
-        endpoints = self.database.reading(store.endpoints_with_work)
+        probe = s.retry_seconds[0] if s.retry_seconds else 0.0
+        endpoints = self.database.reading(store.endpoints_with_work, probe)
         for endpoint in endpoints:
             hook = hooks.get((endpoint.org_id, endpoint.url))
             if hook is None:
@@ -233,7 +248,7 @@ class Dispatcher:
                     self._secret_problems.pop(endpoint.id, None)
             taken = self.database.writing(store.take, endpoint.id, s.concurrency,
                                           s.concurrency * CLAIM_PER_SLOT if secret else 0,
-                                          s.timeout_seconds, LEASE_MARGIN_SECONDS)
+                                          s.timeout_seconds, LEASE_MARGIN_SECONDS, probe)
             if taken is None:
                 continue
             more = more or taken.more
@@ -248,9 +263,8 @@ class Dispatcher:
         return _Pass(claims, more, _aware(due) if due else None)
 
     async def _attempt(self, claim: store.Claim, url: str, secret: str, claimed_at: float) -> None:
-        payload = envelope(claim.org_id, claim.seq, claim.type, claim.created_at, claim.data)
-        event_id = payload.pop("id")  # in webhook-id
-        body, headers = signed(secret, event_id, payload)
+        event_id = public_id(claim.org_id, claim.seq)  # in webhook-id, not in the body
+        body, headers = signed_body(secret, event_id, event_body(claim.type, claim.created_at, claim.data))
         status: int | None = None
         error: str | None
         assert self._client is not None
@@ -308,6 +322,7 @@ class Dispatcher:
         return await done
 
     async def _flush(self) -> None:
+        await asyncio.sleep(FLUSH_AFTER_SECONDS)  # the attempts ending meanwhile join this transaction
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
             outcomes = [(claim, status, error) for claim, status, error, _ in batch if error is not GIVEN_BACK]

@@ -650,3 +650,43 @@ def test_a_daemon_killed_alone_leaves_no_sender_behind(config_dir, database_url,
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+
+
+def test_outcomes_are_written_only_for_claims_still_held(database_url):
+    """record_many writes a group of outcomes in one UPDATE; a claim whose lease ran out
+    and that another process took meanwhile (one more attempt counted) is not
+    overwritten, and is reported as lost (None) -- the others of its group are written."""
+    from datetime import timedelta
+
+    from gateway.store import webhooks as store
+    from gateway.store.sql import now
+
+    engine = db.make_engine(database_url)
+    try:
+        db.upgrade(engine)
+        at = now()
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO organisations (id, name, timezone, active) "
+                                 "VALUES ('zylker', 'Zylker', 'UTC', true)"))
+            conn.execute(sa.insert(store._EVENTS), [
+                {"org_id": "zylker", "seq": n, "type": "email.filed", "record_id": None, "created_at": at,
+                 "data": {"n": n}} for n in (1, 2, 3)])
+            conn.execute(sa.text("INSERT INTO event_counters (org_id, last) VALUES ('zylker', 3)"))
+            conn.execute(sa.insert(store._ENDPOINTS).values(org_id="zylker", url="http://127.0.0.1:9/hooks",
+                                                            events=None, active=True, cursor=0, created_at=at))
+            endpoint = conn.execute(sa.select(store._ENDPOINTS.c.id)).scalar_one()
+            taken = store.take(conn, endpoint, 4, 16, 10.0, 5.0, 5.0)
+        assert taken is not None and [c.seq for c in taken.claims] == [1, 2, 3]
+        assert [json.loads(c.data) for c in taken.claims] == [{"n": 1}, {"n": 2}, {"n": 3}]
+        lost = taken.claims[1]
+        with engine.begin() as conn:  # its lease ran out; another process took it (attempt 2)
+            conn.execute(sa.update(store._DELIVERIES).where(store._DELIVERIES.c.id == lost.delivery_id)
+                         .values(attempts=2, lease_until=now() + timedelta(seconds=60)))
+        with engine.begin() as conn:
+            results = store.record_many(conn, [(c, 204, None) for c in taken.claims], [5.0])
+        assert results == ["delivered", None, "delivered"]
+        with engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(store._DELIVERIES.c.seq, store._DELIVERIES.c.status)).all())
+        assert rows == {1: "delivered", 2: "pending", 3: "delivered"}
+    finally:
+        engine.dispose()

@@ -21,10 +21,11 @@ that sent it (same attempt count, still pending)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import Connection, Integer, and_, bindparam, case, exists, func, insert, null, or_, select, update
+from sqlalchemy import (Connection, Integer, Text, and_, bindparam, case, cast, exists, func, insert, or_,
+                        select, update)
 
 from gateway.rules.index import RuleIndex
 from gateway.store import events as store_events
@@ -56,7 +57,7 @@ class Claim(NamedTuple):
     attempts: int  # counting this one
     type: str
     created_at: datetime
-    data: dict[str, Any]
+    data: str  # the event's data as its JSON text
 
 
 class Taken(NamedTuple):
@@ -101,24 +102,33 @@ def active_endpoints(conn: Connection) -> list[Endpoint]:
 
 # --- the daemon's passes -------------------------------------------------------------------
 
-def endpoints_with_work(conn: Connection) -> list[Endpoint]:
-    """Active endpoints with events not yet handed to them or deliveries due: the only
-    ones a pass takes (a read, so a pass with nothing to do writes nothing)."""
+def endpoints_with_work(conn: Connection, probe_seconds: float) -> list[Endpoint]:
+    """Active endpoints with events not yet handed to them, or deliveries due (a failing
+    endpoint: only once ``probe_seconds`` passed since its last failure): the only ones
+    a pass takes (a read, so a pass with nothing to do writes nothing)."""
     e, d, c = _ENDPOINTS, _DELIVERIES, _COUNTERS
     at = now()
     behind = exists().where(c.c.org_id == e.c.org_id, c.c.last > e.c.cursor)
     due = exists().where(d.c.endpoint_id == e.c.id, d.c.status == PENDING, d.c.next_attempt_at <= at,
                          or_(d.c.lease_until.is_(None), d.c.lease_until <= at))
-    query = select(e.c.id, e.c.org_id, e.c.url).where(e.c.active.is_(True), or_(behind, due))
+    waiting = and_(_failing(e), e.c.last_error_at > at - timedelta(seconds=probe_seconds))
+    query = select(e.c.id, e.c.org_id, e.c.url).where(e.c.active.is_(True), or_(behind, and_(due, ~waiting)))
     return [Endpoint(*r) for r in conn.execute(query.order_by(e.c.id))]
 
 
+def _failing(e: Any) -> Any:
+    """Its last attempt failed (no success since)."""
+    return and_(e.c.last_error_at.is_not(None),
+                or_(e.c.last_success_at.is_(None), e.c.last_error_at > e.c.last_success_at))
+
+
 def take(conn: Connection, endpoint_id: int, concurrency: int, batch: int, attempt_seconds: float,
-         margin_seconds: float) -> Taken | None:
+         margin_seconds: float, probe_seconds: float) -> Taken | None:
     """Fan out the endpoint's new events and claim up to ``batch`` due deliveries, to be
     sent ``concurrency`` at a time, each within ``attempt_seconds`` (``batch`` 0: fan
     out only); None if another process holds the endpoint.  The caller commits.  The
-    leases end ``margin_seconds`` after the last attempt could."""
+    leases end ``margin_seconds`` after the last attempt could.  A failing endpoint
+    gets one delivery, and only ``probe_seconds`` after its last failure."""
     endpoint = conn.execute(
         select(_ENDPOINTS.c.org_id, _ENDPOINTS.c.cursor, _ENDPOINTS.c.events, _ENDPOINTS.c.active,
                _ENDPOINTS.c.last_error_at, _ENDPOINTS.c.last_success_at)
@@ -136,16 +146,25 @@ def take(conn: Connection, endpoint_id: int, concurrency: int, batch: int, attem
                  "record_id": e.record_id, "status": PENDING, "attempts": 0, "next_attempt_at": at,
                  "updated_at": at} for e in new if wanted is None or e.type in wanted]
         if rows:
-            conn.execute(insert(_DELIVERIES), rows)
+            _fan_out(conn).run_many(conn, rows)  # the driver's executemany: hundreds per pass
         conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == endpoint_id).values(cursor=new[-1].seq))
     if batch > 0 and endpoint.last_error_at is not None and (
             endpoint.last_success_at is None or endpoint.last_error_at > endpoint.last_success_at):
-        # Failing (its last attempt failed): one attempt at a time probes it, so a dead
-        # endpoint's backlog costs one request per pass, not a burst per retry wave;
-        # the first success gives it its whole batch back.
-        concurrency = batch = 1
+        # Failing (its last attempt failed): one attempt probes it, every probe_seconds
+        # (the schedule's first wait), so a dead endpoint's backlog costs one request
+        # per wait, not a burst per retry wave nor one per pass; the first success
+        # gives it its whole batch back.
+        last_error_at = endpoint.last_error_at
+        if last_error_at.tzinfo is None:  # SQLite hands back naive datetimes; we only store UTC
+            last_error_at = last_error_at.replace(tzinfo=timezone.utc)
+        waited = (at - last_error_at).total_seconds() >= probe_seconds
+        concurrency, batch = 1, 1 if waited else 0
     lease = (concurrency, attempt_seconds, margin_seconds)
     return Taken(_claim(conn, endpoint_id, batch, lease, at) if batch > 0 else [], len(new) == FAN_OUT_BATCH)
+
+
+_fan_out = PerDialect(lambda conn: Prepared(insert(_DELIVERIES), conn.dialect, (
+    "org_id", "endpoint_id", "event_id", "seq", "record_id", "status", "attempts", "next_attempt_at", "updated_at")))
 
 
 def _claim(conn: Connection, endpoint_id: int, batch: int, lease: tuple[int, float, float],
@@ -167,14 +186,15 @@ def _claim(conn: Connection, endpoint_id: int, batch: int, lease: tuple[int, flo
     lease_until = at + timedelta(seconds=attempt_seconds * rounds + margin_seconds)
     conn.execute(update(d).where(d.c.id.in_([r.id for r in due]))
                  .values(attempts=d.c.attempts + 1, lease_until=lease_until, updated_at=at))
-    return [Claim(r.id, endpoint_id, r.org_id, r.seq, r.attempts + 1, r.type, r.created_at, r.data) for r in due]
+    return [Claim(r.id, endpoint_id, r.org_id, r.seq, r.attempts + 1, r.type, r.created_at, r[6]) for r in due]
 
 
 def _due_query() -> Any:
     d, e = _DELIVERIES, _EVENTS
     earlier = d.alias("earlier")
     at = bindparam("at", type_=d.c.next_attempt_at.type)
-    return (select(d.c.id, d.c.seq, d.c.attempts, e.c.org_id, e.c.type, e.c.created_at, e.c.data)
+    # The data as its JSON text (the body is built around it, nothing decoded).
+    return (select(d.c.id, d.c.seq, d.c.attempts, e.c.org_id, e.c.type, e.c.created_at, cast(e.c.data, Text))
             .select_from(d.join(e, e.c.id == d.c.event_id))
             .where(d.c.endpoint_id == bindparam("endpoint_id"), d.c.status == PENDING, d.c.next_attempt_at <= at,
                    or_(d.c.lease_until.is_(None), d.c.lease_until <= at),
@@ -206,14 +226,17 @@ def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, st
     """Attempts' outcomes, in one transaction: each ``delivered`` (no error), ``retry``
     (pending again after the schedule's wait) or ``failed`` (no retry left; kept); None
     where the claim was lost meanwhile (its lease ran out and another process took it:
-    written only if the delivery is still pending with the same attempt count).  The
-    statement is prepared (the driver's cursor): this runs for every event sent."""
+    written only if the delivery is still pending with the same attempt count).
+
+    Outcomes alike (same new status, wait, answer, error, attempt count: a healthy
+    endpoint's batch is one group) are one UPDATE, not one per event -- on PostgreSQL
+    each statement is a round trip.  If a group's UPDATE changed fewer rows than it
+    has, the rows it did change are the ones stamped with this call's time."""
     at = now()
-    statement = _record(conn)
-    results: list[str | None] = []
-    succeeded: dict[int, datetime] = {}
-    errors: dict[int, str] = {}
-    for claim, status, error in outcomes:
+    d, e = _DELIVERIES, _ENDPOINTS
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    planned: list[tuple[str, tuple[Any, ...]]] = []
+    for i, (claim, status, error) in enumerate(outcomes):
         next_at = None
         if error is None:
             outcome, new_status = DELIVERED, DELIVERED
@@ -222,35 +245,38 @@ def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, st
             next_at = at + timedelta(seconds=retry_seconds[claim.attempts - 1])
         else:
             outcome, new_status = FAILED, FAILED
-        cursor = statement.execute(conn, {
-            "w_status": new_status, "w_next": next_at, "w_last_status": status, "w_error": error, "w_at": at,
-            "w_id": claim.delivery_id, "w_pending": PENDING, "w_attempts": claim.attempts})
-        done = cursor.rowcount
-        cursor.close()
-        results.append(outcome if done else None)
-        if done and error is None:
-            succeeded[claim.endpoint_id] = at
-        elif done:
+        key = (new_status, next_at, status, error, claim.attempts)
+        groups.setdefault(key, []).append(i)
+        planned.append((outcome, key))
+    done: set[int] = set()
+    for (new_status, next_at, status, error, attempts), members in groups.items():
+        ids = [outcomes[i][0].delivery_id for i in members]
+        values: dict[str, Any] = {"status": new_status, "lease_until": None, "last_status": status,
+                                  "last_error": error, "updated_at": at}
+        if next_at is not None:
+            values["next_attempt_at"] = next_at
+        changed = conn.execute(update(d).where(d.c.id.in_(ids), d.c.status == PENDING, d.c.attempts == attempts)
+                               .values(**values)).rowcount
+        if changed == len(ids):
+            done.update(ids)
+        elif changed:
+            done.update(conn.execute(select(d.c.id).where(d.c.id.in_(ids), d.c.updated_at == at,
+                                                          d.c.attempts == attempts)).scalars())
+    results: list[str | None] = []
+    succeeded: set[int] = set()
+    errors: dict[int, str] = {}
+    for (claim, _status, error), (outcome, _key) in zip(outcomes, planned):
+        ours = claim.delivery_id in done
+        results.append(outcome if ours else None)
+        if ours and error is None:
+            succeeded.add(claim.endpoint_id)
+        elif ours:
             errors[claim.endpoint_id] = error  # type: ignore[assignment]
-    e = _ENDPOINTS
     for endpoint_id in succeeded:
         conn.execute(update(e).where(e.c.id == endpoint_id).values(last_success_at=at))
     for endpoint_id, error in errors.items():
         conn.execute(update(e).where(e.c.id == endpoint_id).values(last_error=error, last_error_at=at))
     return results
-
-
-_record = PerDialect(lambda conn: Prepared(
-    update(_DELIVERIES)
-    .where(_DELIVERIES.c.id == bindparam("w_id"), _DELIVERIES.c.status == bindparam("w_pending"),
-           _DELIVERIES.c.attempts == bindparam("w_attempts"))
-    .values(status=bindparam("w_status"),
-            next_attempt_at=func.coalesce(bindparam("w_next", type_=_DELIVERIES.c.next_attempt_at.type),
-                                          _DELIVERIES.c.next_attempt_at),
-            lease_until=null(), last_status=bindparam("w_last_status", type_=_DELIVERIES.c.last_status.type),
-            last_error=bindparam("w_error", type_=_DELIVERIES.c.last_error.type),
-            updated_at=bindparam("w_at", type_=_DELIVERIES.c.updated_at.type)),
-    conn.dialect))
 
 
 def release(conn: Connection, claims: Sequence[Claim]) -> int:

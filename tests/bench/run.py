@@ -153,19 +153,21 @@ async def measure(server: srv.Server, listener: str, factory: MessageFactory, co
 
 
 async def webhooks_drained(gw: srv.GatewayServer, receiver: srv.WebhookReceiver) -> dict[str, Any]:
-    """GATEWAY_BENCH_WEBHOOKS=on, after a gateway run: how many events the fast receiver
-    still lacked when the load stopped, and how long until it had them all (so no
-    delivery is left to run during the next run, the sink's or another gateway's)."""
+    """--webhooks, after a run of the gateway with endpoints: how many of its events the
+    fast receiver had not got yet when the load stopped, and how long until it had them
+    all (so no delivery is left to run during another server's turn)."""
+    sql = ("SELECT (SELECT count(*) FROM events) - (SELECT count(*) FROM webhook_deliveries d "
+           "JOIN webhook_endpoints e ON e.id = d.endpoint_id "
+           f"WHERE e.url = '{receiver.url}' AND d.status = 'delivered')")
     started = time.monotonic()
     behind: int | None = None
     while time.monotonic() - started < DRAIN_MAX_SECONDS:
-        events, posts = await asyncio.gather(asyncio.to_thread(gw.database.count, "events"),
-                                             asyncio.to_thread(receiver.posts))
-        if events is None:
+        left = await asyncio.to_thread(gw.database.scalar, sql)
+        if left is None:
             break
         if behind is None:
-            behind = max(0, events - posts)
-        if posts >= events:
+            behind = left
+        if left <= 0:
             return {"webhooks_behind": behind, "webhooks_drain_s": round(time.monotonic() - started, 2)}
         await asyncio.sleep(0.05)
     return {"webhooks_behind": behind, "webhooks_drain_s": None}
@@ -222,8 +224,9 @@ async def throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     conns_list = [int(c) for c in args.conns.split(",")]
     listeners = [x.strip() for x in args.listeners.split(",")]
-    backends = args.backend_list
-    config = srv.prepare_config(workdir)
+    variants = [(backend, webhooks) for backend in args.backend_list
+                for webhooks in ((False, True) if args.webhooks else (False,))]
+    backends = [backend + ("+webhooks" if webhooks else "") for backend, webhooks in variants]
     runs: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -238,9 +241,9 @@ async def throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         seq = 0
         try:
             sink.start()
-            for backend in backends:
+            for backend, webhooks in variants:
                 db = srv.Database.sqlite(workdir) if backend == "sqlite" else srv.Database.postgresql(args.pg)
-                gw = srv.GatewayServer(workdir, config, db)
+                gw = srv.GatewayServer(workdir, srv.prepare_config(workdir, webhooks), db, webhooks=webhooks)
                 gateways.append(gw)
                 gw.start()
             warm: dict[str, int] = {}
@@ -257,9 +260,10 @@ async def throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             row, result = await measure(server, listener, factory, conns, seconds, cap, seq,
                                                         tag=f"-{rep + 1}")
                             seq = result.next_seq
-                            if isinstance(server, srv.GatewayServer) and srv.RECEIVER is not None:
+                            if isinstance(server, srv.GatewayServer) and server.webhooks:
+                                assert srv.RECEIVER is not None
                                 row.update(await webhooks_drained(server, srv.RECEIVER))
-                            backend = server.database.backend if isinstance(server, srv.GatewayServer) else "-"
+                            backend = server.label if isinstance(server, srv.GatewayServer) else "-"
                             row.update(backend=backend, repeat=rep)
                             runs.append(row)
                             log(describe(row, backend, rep))
@@ -267,7 +271,7 @@ async def throughput(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for gw in gateways:
                 filed = sum(r["ok"] for r in runs if r["server"] == gw.name and r["size"] == size) + warm[gw.name]
                 count = gw.database.count_emails()
-                checks.append({"backend": gw.database.backend, "size": size, "250s": filed,
+                checks.append({"backend": gw.label, "size": size, "250s": filed,
                                "emails_in_database": count, "database_mib": gw.database.size_mib(),
                                "all_filed": count == filed})
                 log(f"  {gw.name}: {count} emails in the database after {filed} 250 replies "
@@ -482,6 +486,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conns", help=f"concurrent connections (default {FULL['conns']})")
     p.add_argument("--listeners", help=f"lmtp and/or smtp (default {FULL['listeners']})")
     p.add_argument("--backends", help="sqlite and/or postgresql (default: sqlite, plus postgresql when a URL is given)")
+    p.add_argument("--webhooks", action="store_true",
+                   help="each backend also with two webhook endpoints (a fast receiver, one down), in the same run")
     p.add_argument("--pg", default=os.environ.get("GATEWAY_TEST_DATABASE_URL") or None,
                    help="PostgreSQL URL (default: $GATEWAY_TEST_DATABASE_URL); a fresh schema per gateway process")
     p.add_argument("--repeats", type=int, help=f"runs of every cell, interleaved with the sink (default {FULL['repeats']})")

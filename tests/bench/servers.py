@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import json
 import os
 import re
 import secrets
@@ -15,9 +14,9 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -231,6 +230,22 @@ class Database:
     def count_emails(self) -> int | None:
         return self.count("emails")
 
+    def scalar(self, sql: str) -> Any:
+        """One value from the database (a report: None and a message if it fails)."""
+        try:
+            if self.backend == "sqlite":
+                assert self.path is not None
+                with sqlite3.connect(self.path, timeout=30) as conn:
+                    return conn.execute(sql).fetchone()[0]
+            import psycopg
+
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:  # type: ignore[arg-type]
+                conn.execute(f"SET search_path TO {self.schema}")
+                return conn.execute(sql).fetchone()[0]  # type: ignore[index]
+        except Exception as exc:
+            print(f"bench: could not query {self.backend}: {exc}", file=sys.stderr)
+            return None
+
     def count(self, table: str) -> int | None:
         try:
             if self.backend == "sqlite":
@@ -279,10 +294,11 @@ class Database:
 # --- the gateway ------------------------------------------------------------------------
 
 
-def prepare_config(workdir: Path) -> Path:
+def prepare_config(workdir: Path, webhooks: bool = False) -> Path:
     """A copy of the shipped gateway.toml (logging at warning) with rules/ and DKIM keys
-    beside it; returns the path of the copied gateway.toml."""
-    conf = workdir / "conf"
+    beside it (``webhooks``: zylker with two webhook endpoints, see below); returns the
+    path of the copied gateway.toml."""
+    conf = workdir / ("conf-webhooks" if webhooks else "conf")
     if (conf / "gateway.toml").exists():
         return conf / "gateway.toml"
     conf.mkdir(parents=True)
@@ -293,7 +309,7 @@ def prepare_config(workdir: Path) -> Path:
     text = re.sub(r'(?m)^(\s*format\s*=\s*)"[a-z]+"', r'\1"json"', text)
     (conf / "gateway.toml").write_text(text)
     shutil.copytree(REPO / "rules", conf / "rules")
-    if os.environ.get("GATEWAY_BENCH_WEBHOOKS") in ("on", "fast"):
+    if webhooks:
         _add_webhooks(conf / "rules" / "zylker.toml")
     keys = REPO / "keys"
     if keys.is_dir() and any(keys.glob("*.pem")):
@@ -306,11 +322,12 @@ def prepare_config(workdir: Path) -> Path:
     return conf / "gateway.toml"
 
 
-# GATEWAY_BENCH_WEBHOOKS=on: zylker gets two webhook endpoints -- a fast receiver in
-# its own process (tests/bench/receiver.py: answers 204 at once, keep-alive) and one
-# that is down (a closed port) -- to show what the outbox and webhooks cost filing
-# (issue 14).  After each gateway run the bench waits until the receiver has every
-# event (run.py), so deliveries left over never run during the sink's turn.
+# --webhooks: each backend also runs with zylker given two webhook endpoints -- a fast
+# receiver in its own process (tests/bench/receiver.py: answers 204 at once,
+# keep-alive) and one that is down (a closed port) -- to show what the outbox and
+# webhooks cost filing (issue 14), in the same run as without them.  After each such
+# gateway run the bench waits until the receiver has every event (run.py), so
+# deliveries left over never run during another server's turn.
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-only-webhook-secret-000").decode()
 
 
@@ -322,9 +339,9 @@ class WebhookReceiver:
         self.port = int(self.proc.stdout.readline())
         atexit.register(self.stop)
 
-    def posts(self) -> int:
-        with urllib.request.urlopen(f"http://{HOST}:{self.port}/count", timeout=10) as answer:
-            return int(json.load(answer)["posts"])
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/hooks"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -340,17 +357,19 @@ def _add_webhooks(rules: Path) -> None:
     if RECEIVER is None:
         RECEIVER = WebhookReceiver()
     with rules.open("a") as f:
-        down = [free_port()] if os.environ.get("GATEWAY_BENCH_WEBHOOKS") != "fast" else []
-        for port in (RECEIVER.port, *down):
-            f.write(f'\n[[webhooks]]\nurl = "http://{HOST}:{port}/hooks"\nsecret_env = "GATEWAY_BENCH_WEBHOOK_SECRET"\n')
+        for url in (RECEIVER.url, f"http://{HOST}:{free_port()}/hooks"):
+            f.write(f'\n[[webhooks]]\nurl = "{url}"\nsecret_env = "GATEWAY_BENCH_WEBHOOK_SECRET"\n')
 
 
 class GatewayServer(Server):
-    def __init__(self, workdir: Path, config: Path, database: Database):
+    def __init__(self, workdir: Path, config: Path, database: Database, webhooks: bool = False):
         self.workdir = workdir
         self.config = config
         self.database = database
-        self.name = f"gateway-{database.backend}"
+        self.webhooks = webhooks  # its config gives zylker webhook endpoints (prepare_config)
+        # What the tables call it: the backend, "+webhooks" for that variant.
+        self.label = database.backend + ("+webhooks" if webhooks else "")
+        self.name = f"gateway-{self.label}"
         self.log = workdir / f"{self.name}.log"
         self.dropbox = ""
 
