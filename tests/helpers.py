@@ -328,19 +328,24 @@ def serve_process(config: Any, env: dict[str, str], log: Any) -> Any:
                                 env=env, stdout=subprocess.DEVNULL, stderr=f)
 
 
+def children(pid: int) -> list[int]:
+    """The process's child processes (Linux /proc; none if it is gone)."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
 def kill_tree(proc: Any) -> None:
     """SIGKILL a process and its children (children first: nothing of them runs on
     after the parent is gone), then reap it."""
     import signal
 
-    children: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{proc.pid}/task"):
-            with open(f"/proc/{proc.pid}/task/{task}/children") as f:
-                children += [int(pid) for pid in f.read().split()]
-    except OSError:
-        pass
-    for pid in children:
+    for pid in children(proc.pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -25,7 +25,7 @@ from standardwebhooks import Webhook
 
 from gateway.store import db
 from tests.conftest import RunningGateway
-from tests.helpers import edit_config, free_port, kill_tree, message, serve_lmtp
+from tests.helpers import children, edit_config, free_port, kill_tree, message, serve_lmtp
 
 H = "hashimoto@zylker.example"
 CUSTOMER = "charles@zillum.com"
@@ -581,14 +581,6 @@ def test_sigkill_during_a_send_delivers_after_restart(config_dir, database_url, 
 
 # --- the sender process (gateway/sender.py) --------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(p) for p in f.read().split()]
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -636,10 +628,10 @@ def test_a_daemon_killed_alone_leaves_no_sender_behind(config_dir, database_url,
     proc = serve_lmtp(config_dir, database_url, port, tmp_path / "serve.log")
     try:
         deadline = time.monotonic() + 20
-        while not _children(proc.pid):
+        while not children(proc.pid):
             assert time.monotonic() < deadline, "no sender process"
             time.sleep(0.05)
-        (sender,) = _children(proc.pid)
+        (sender,) = children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         deadline = time.monotonic() + 20

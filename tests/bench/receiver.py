@@ -1,4 +1,4 @@
-"""The benchmark's fast webhook receiver (GATEWAY_BENCH_WEBHOOKS=on): its own process,
+"""The benchmark's fast webhook receiver (`run.py --webhooks`): its own process,
 so its work is not the load generator's; answers every POST 204 at once, over
 keep-alive connections as a CRM's web server would.  The bench reads what reached it
 from the gateway's database (delivered deliveries).

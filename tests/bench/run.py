@@ -4,6 +4,7 @@
     python -m tests.bench.run --markdown                   # the full table (~20 min)
     python -m tests.bench.run --pg postgresql://postgres@127.0.0.1:5432/test --markdown
     python -m tests.bench.run --memory                     # the memory targets
+    python -m tests.bench.run --quick --sizes 1k --webhooks  # with and without webhook endpoints (issue 14)
 
 See tests/bench/README.md for what is measured and how.
 """
