@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from gateway import logs, metrics
 from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
+from gateway.guard import database_failure, guarded
 from gateway.filing import file
 from gateway.parse import parse_message
 from gateway.message import ParsedMessage
@@ -34,29 +35,6 @@ log = logs.get("gateway.delivery")
 
 # A route's filing, or the error that stopped it (turned into a reply on the loop).
 RouteResult = tuple["Filing | None", "Exception | None"]
-
-
-def guarded(fn: Callable[..., Any], operation: str) -> Callable[..., Any]:
-    """Database work, timed under ``operation`` (one of metrics.DB_OPERATIONS: label
-    values are stable names, never Python names); trouble of any kind is temporary:
-    451 4.3.0, the MTA retries."""
-    if operation not in metrics.DB_OPERATIONS:
-        raise ValueError(f"guarded(): operation {operation!r} is not one of metrics.DB_OPERATIONS; name it there")
-    histogram = metrics.db_duration.labels(operation=operation)
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with histogram.time():
-                return fn(*args, **kwargs)
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise database_failure(exc) from exc
-
-    return run
-
-
-def database_failure(exc: sqlalchemy.exc.SQLAlchemyError) -> TemporaryFailure:
-    first_line = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
-    return TemporaryFailure(REPLIES.database_unavailable, f"database: {type(exc).__name__}: {first_line[:300]}")
 
 
 # What files one message for one route on the caller's connection (gateway.filing.file).

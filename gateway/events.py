@@ -26,7 +26,7 @@ from gateway import views
 from gateway.filing.threads import record_token
 from gateway.message import ParsedMessage
 from gateway.outcome import AliasDecision, DropboxDecision, Filing, Plan, decision_json
-from gateway.views import ts
+from gateway.views import public_id, ts
 from gateway.rules.index import OrgEntry, RuleIndex
 from gateway.store.events import NewEvent
 
@@ -47,12 +47,6 @@ PERSON_CREATED = {"contact": CONTACT_CREATED, "lead": LEAD_CREATED}
 
 
 # --- public ids ----------------------------------------------------------------------
-
-def public_id(org_id: str, seq: int) -> str:
-    """An event's id: unique across organisations, the same in the feed and in every
-    webhook attempt (``webhook-id``), and the feed's ``after=``."""
-    return f"evt_{org_id}_{seq}"
-
 
 _ID = re.compile(r"^evt_(?P<org>[a-z0-9][a-z0-9_-]*)_(?P<seq>[0-9]{1,18})$")
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, Awaitable, Callable, TypeVar
 
 from gateway import logs, metrics
-from gateway.delivery import guarded
+from gateway.guard import guarded
 from gateway.errors import TemporaryFailure
 from gateway.settings import Settings
 from gateway.store import events as store_events
@@ -74,7 +74,10 @@ class Passes:
             self._task = None
 
     async def _main(self) -> None:
-        while not self._stopping:
+        task = asyncio.current_task()
+        # The stop flag, and the task's own cancelling() count: Python 3.11's wait_for
+        # can swallow a cancellation that arrives as its wait ends.
+        while not self._stopping and not (task is not None and task.cancelling()):
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
             except asyncio.TimeoutError:

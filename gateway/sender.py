@@ -17,8 +17,9 @@ it over its stdin and stdout, one JSON object per line:
   reload.  End of input -- the daemon stopped, or died -- makes the sender stop: the
   attempts under way are cut short and given back (sent again by whichever process
   runs next), the outcomes already answered are written.
-- from the sender: ``{"metrics": {…}}`` about every second and when it stops: its
-  counters' totals and its gauges, which the daemon folds into its own /metrics.
+- from the sender: ``{"metrics": {…}}`` once it is up, then about every second and when
+  it stops: its counters' totals and its gauges, which the daemon folds into its own
+  /metrics.
 
 Logs go to the daemon's stderr.  The sender ignores SIGINT and SIGTERM (a Ctrl-C or a
 service manager signals the whole process group; the daemon decides when it stops).
@@ -83,6 +84,7 @@ class Sender:
         self._stopping = False
         self._seen: dict[str, float] = {}  # the current process's counters, as last reported
         self.started = 0  # processes started (for tests and logs)
+        self.reports = 0  # reports received from the current process (its first: it is up)
         metrics.errors.labels(component="webhooks")  # the series exists (0) before the first error
 
     def set_hooks(self, index: RuleIndex) -> None:
@@ -126,6 +128,7 @@ class Sender:
         self._proc = proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.sender", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         self.started += 1
+        self.reports = 0
         self._seen = {}
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps({"settings": self.settings.model_dump_json(),
@@ -137,6 +140,7 @@ class Sender:
                 break
             try:
                 self._fold(json.loads(line)["metrics"])
+                self.reports += 1
             except (ValueError, KeyError, TypeError):
                 log.warning("webhook_sender_said", line=line[:200].decode("utf-8", "replace"))
         return await proc.wait()
@@ -218,34 +222,47 @@ async def _main() -> int:
     dispatcher.wake = passes.wake
     passes.start()
     passes.wake()  # what is pending from before: at once
+    gone = asyncio.Event()  # the daemon is gone: end of input, or its end of stdout closed
 
     def report() -> None:
-        sys.stdout.write(json.dumps({"metrics": _report()}) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(json.dumps({"metrics": _report()}) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):  # nobody reads: the daemon is gone
+            gone.set()
 
     async def reporting() -> None:
-        while True:
+        while not gone.is_set():
             await asyncio.sleep(METRICS_EVERY_SECONDS)
             report()
 
+    async def listening() -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break  # the daemon stopped or died
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "hooks" in message:
+                hooks[0] = _hooks_from(message["hooks"])
+            passes.wake()
+        gone.set()
+
     reporter = loop.create_task(reporting())
-    log.info("webhook_sender_ready", pid=os.getpid(), endpoints=len(hooks[0]))
-    while True:
-        line = await reader.readline()
-        if not line:
-            break  # the daemon stopped or died
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if "hooks" in message:
-            hooks[0] = _hooks_from(message["hooks"])
-        passes.wake()
-    reporter.cancel()
-    await passes.stop()
-    await dispatcher.stop()
-    report()
-    database.dispose()
+    listener = loop.create_task(listening())
+    try:
+        report()  # the first: the daemon knows the sender is up
+        log.info("webhook_sender_ready", pid=os.getpid(), endpoints=len(hooks[0]))
+        await gone.wait()
+    finally:  # whatever ended it: the passes stop, what was claimed is given back
+        reporter.cancel()
+        listener.cancel()
+        await passes.stop()
+        await dispatcher.stop()
+        report()
+        database.dispose()
     return 0
 
 

@@ -49,3 +49,9 @@ def person(values: Mapping[str, Any], owner: str | None) -> dict[str, Any]:
     return {"id": values["id"], "email": values["email"], "first_name": values["first_name"],
             "last_name": values["last_name"], "external_id": values["external_id"], "owner": owner,
             "source": values["source"], "created_at": ts(values["created_at"]), "updated_at": ts(values["updated_at"])}
+
+
+def public_id(org_id: str, seq: int) -> str:
+    """An event's id: unique across organisations, the same in the feed and in every
+    webhook attempt (``webhook-id``), and the feed's ``after=``."""
+    return f"evt_{org_id}_{seq}"

@@ -37,10 +37,9 @@ import aiohttp
 from standardwebhooks import Webhook
 
 from gateway import logs, metrics
-from gateway.delivery import guarded
+from gateway.guard import guarded
 from gateway.errors import TemporaryFailure
-from gateway.events import public_id
-from gateway.views import ts
+from gateway.views import public_id, ts
 from gateway.rules.index import RuleIndex, WebhookEntry
 from gateway.settings import Settings
 from gateway.store import webhooks as store

@@ -336,6 +336,7 @@ def test_a_hanging_endpoint_delays_neither_a_healthy_one_nor_mail(config_dir, da
     configure(config_dir, [hanging.url, receiver.url], timeout=4, retry="[5]", concurrency=2)
     gw = RunningGateway(config_dir, database_url).start()
     try:
+        wait_for(lambda: gw.app.sender.reports > 0, timeout=30)  # the sender process is up (its start is not timed)
         started = time.monotonic()
         for n in range(3):
             t0 = time.monotonic()
