@@ -2,21 +2,21 @@
 signed as the Standard Webhooks specification says, retried on the schedule of
 ``[webhooks] retry_seconds``, then marked failed and kept.
 
-The outbox (gateway/outbox.py) calls ``Dispatcher.step()`` after each pass that
-sequenced events and every ``[events] poll_seconds``.  A step hands each active
-endpoint its new events and takes its due deliveries (gateway/store/webhooks.py
-``take``: row locks, leases), then starts one task per attempt on the event loop and
-returns: sends are never awaited by the step, so a slow or failing endpoint holds up
-neither another endpoint (each has its own ``concurrency``) nor mail delivery.  A step
-takes up to ``CLAIM_PER_SLOT`` deliveries per slot of an endpoint's concurrency, so
-one pass (a few statements) serves many events; the attempts wait for a slot in
-this process.  Outcomes are written in batches as attempts end; the step runs again
-soon after (the next event of the same record, room for more) and at the next
-retry's time.
+It runs in the webhook sender process (gateway/sender.py), whose passes call
+``Dispatcher.step()`` when the daemon says it sequenced events, after attempts end,
+and every ``[events] poll_seconds``.  A step hands each active endpoint its new
+events and takes its due deliveries (gateway/store/webhooks.py ``take``: row locks,
+leases), then starts one task per attempt on the sender's event loop and returns:
+sends are never awaited by the step, so a slow or failing endpoint holds up neither
+another endpoint (each has its own ``concurrency``) nor mail (another process).  A
+step takes up to ``CLAIM_PER_SLOT`` deliveries per slot of an endpoint's
+concurrency, so one pass (a few statements) serves many events; the attempts wait
+for a slot.  A failing endpoint is probed with one attempt per first retry wait.
+Outcomes are written in batches as attempts end.
 
 HTTP is aiohttp's client: ~0.17 ms of CPU per request here against httpx's ~1.1 ms
 (measured on loopback, keep-alive, the same 600-byte POST), and every event an
-endpoint wants is one request -- on the daemon's loop, beside mail.
+endpoint wants is one request.
 
 Body: the feed's event without its id (``{"type", "timestamp", "data"}``); the id
 travels in ``webhook-id`` -- the same on every attempt, so receivers deduplicate by
