@@ -148,16 +148,12 @@ class Sender:
     def _fold(self, reported: dict[str, float]) -> None:
         """The sender's metrics into the daemon's: counters by what they grew since its
         last report, gauges as they are."""
-        for outcome in OUTCOMES:
-            key = f"deliveries_{outcome}"
+        for key, counter in _counters().items():
             grew = reported.get(key, 0.0) - self._seen.get(key, 0.0)
             if grew > 0:
-                metrics.webhook_deliveries.labels(outcome=outcome).inc(grew)
-        grew = reported.get("errors", 0.0) - self._seen.get("errors", 0.0)
-        if grew > 0:
-            metrics.errors.labels(component="webhooks").inc(grew)
-        metrics.events_pending.set(reported.get("pending", 0.0))
-        metrics.events_oldest_pending_age.set(reported.get("oldest_age", 0.0))
+                counter.inc(grew)
+        for key, gauge in _gauges().items():
+            gauge.set(reported.get(key, 0.0))
         self._seen = dict(reported)
 
     async def stop(self) -> None:
@@ -181,24 +177,21 @@ class Sender:
 
 # --- the sender process ------------------------------------------------------------------------
 
+def _counters() -> dict[str, Any]:
+    """The counters the sender reports, by their key in a report."""
+    return {**{f"deliveries_{o}": metrics.webhook_deliveries.labels(outcome=o) for o in OUTCOMES},
+            "errors": metrics.errors.labels(component="webhooks")}
+
+
+def _gauges() -> dict[str, Any]:
+    return {"pending": metrics.events_pending, "oldest_age": metrics.events_oldest_pending_age}
+
+
 def _report() -> dict[str, float]:
     """This process's counters' totals and gauges."""
-    out: dict[str, float] = {}
-    for family in metrics.webhook_deliveries.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                out[f"deliveries_{sample.labels['outcome']}"] = sample.value
-    for family in metrics.errors.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("component") == "webhooks":
-                out["errors"] = sample.value
-    out["pending"] = _gauge(metrics.events_pending)
-    out["oldest_age"] = _gauge(metrics.events_oldest_pending_age)
-    return out
-
-
-def _gauge(gauge: Any) -> float:
-    return next(s.value for family in gauge.collect() for s in family.samples)
+    return {key: next(s.value for family in metric.collect() for s in family.samples
+                      if not s.name.endswith("_created"))
+            for key, metric in {**_counters(), **_gauges()}.items()}
 
 
 async def _main() -> int:

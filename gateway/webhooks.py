@@ -40,7 +40,7 @@ from gateway import logs, metrics
 from gateway.guard import guarded
 from gateway.errors import TemporaryFailure
 from gateway.views import public_id, ts
-from gateway.rules.index import RuleIndex, WebhookEntry
+from gateway.rules.index import WebhookEntry
 from gateway.settings import Settings
 from gateway.store import webhooks as store
 from gateway.store.db import Database
@@ -158,10 +158,6 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes,
 
 # Every organisation's [[webhooks]], by (organisation, url).
 Hooks = dict[tuple[str, str], WebhookEntry]
-
-
-def hooks_of(index: RuleIndex) -> Hooks:
-    return {(org.id, hook.url): hook for org in index.orgs.values() for hook in org.webhooks}
 
 
 class _Pass(NamedTuple):

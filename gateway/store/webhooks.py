@@ -21,7 +21,7 @@ that sent it (same attempt count, still pending)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Sequence
 
 from sqlalchemy import (Connection, Integer, Text, and_, bindparam, case, cast, exists, func, insert, or_,
@@ -111,8 +111,8 @@ def endpoints_with_work(conn: Connection, probe_seconds: float) -> list[Endpoint
     behind = exists().where(c.c.org_id == e.c.org_id, c.c.last > e.c.cursor)
     due = exists().where(d.c.endpoint_id == e.c.id, d.c.status == PENDING, d.c.next_attempt_at <= at,
                          or_(d.c.lease_until.is_(None), d.c.lease_until <= at))
-    waiting = and_(_failing(e), e.c.last_error_at > at - timedelta(seconds=probe_seconds))
-    query = select(e.c.id, e.c.org_id, e.c.url).where(e.c.active.is_(True), or_(behind, and_(due, ~waiting)))
+    query = select(e.c.id, e.c.org_id, e.c.url).where(
+        e.c.active.is_(True), or_(behind, and_(due, ~_waiting_to_probe(e, at, probe_seconds))))
     return [Endpoint(*r) for r in conn.execute(query.order_by(e.c.id))]
 
 
@@ -122,6 +122,11 @@ def _failing(e: Any) -> Any:
                 or_(e.c.last_success_at.is_(None), e.c.last_error_at > e.c.last_success_at))
 
 
+def _waiting_to_probe(e: Any, at: datetime, probe_seconds: float) -> Any:
+    """Failing, and its last failure less than ``probe_seconds`` ago."""
+    return and_(_failing(e), e.c.last_error_at > at - timedelta(seconds=probe_seconds))
+
+
 def take(conn: Connection, endpoint_id: int, concurrency: int, batch: int, attempt_seconds: float,
          margin_seconds: float, probe_seconds: float) -> Taken | None:
     """Fan out the endpoint's new events and claim up to ``batch`` due deliveries, to be
@@ -129,13 +134,14 @@ def take(conn: Connection, endpoint_id: int, concurrency: int, batch: int, attem
     out only); None if another process holds the endpoint.  The caller commits.  The
     leases end ``margin_seconds`` after the last attempt could.  A failing endpoint
     gets one delivery, and only ``probe_seconds`` after its last failure."""
+    e = _ENDPOINTS
+    at = now()
     endpoint = conn.execute(
-        select(_ENDPOINTS.c.org_id, _ENDPOINTS.c.cursor, _ENDPOINTS.c.events, _ENDPOINTS.c.active,
-               _ENDPOINTS.c.last_error_at, _ENDPOINTS.c.last_success_at)
-        .where(_ENDPOINTS.c.id == endpoint_id).with_for_update(skip_locked=True)).first()
+        select(e.c.org_id, e.c.cursor, e.c.events, e.c.active, _failing(e).label("failing"),
+               _waiting_to_probe(e, at, probe_seconds).label("waiting"))
+        .where(e.c.id == endpoint_id).with_for_update(skip_locked=True)).first()
     if endpoint is None or not endpoint.active:
         return None
-    at = now()
     new = conn.execute(
         select(_EVENTS.c.id, _EVENTS.c.seq, _EVENTS.c.type, _EVENTS.c.record_id)
         .where(_EVENTS.c.org_id == endpoint.org_id, _EVENTS.c.seq > endpoint.cursor)
@@ -148,17 +154,12 @@ def take(conn: Connection, endpoint_id: int, concurrency: int, batch: int, attem
         if rows:
             _fan_out(conn).run_many(conn, rows)  # the driver's executemany: hundreds per pass
         conn.execute(update(_ENDPOINTS).where(_ENDPOINTS.c.id == endpoint_id).values(cursor=new[-1].seq))
-    if batch > 0 and endpoint.last_error_at is not None and (
-            endpoint.last_success_at is None or endpoint.last_error_at > endpoint.last_success_at):
+    if batch > 0 and endpoint.failing:
         # Failing (its last attempt failed): one attempt probes it, every probe_seconds
         # (the schedule's first wait), so a dead endpoint's backlog costs one request
         # per wait, not a burst per retry wave nor one per pass; the first success
         # gives it its whole batch back.
-        last_error_at = endpoint.last_error_at
-        if last_error_at.tzinfo is None:  # SQLite hands back naive datetimes; we only store UTC
-            last_error_at = last_error_at.replace(tzinfo=timezone.utc)
-        waited = (at - last_error_at).total_seconds() >= probe_seconds
-        concurrency, batch = 1, 1 if waited else 0
+        concurrency, batch = 1, 0 if endpoint.waiting else 1
     lease = (concurrency, attempt_seconds, margin_seconds)
     return Taken(_claim(conn, endpoint_id, batch, lease, at) if batch > 0 else [], len(new) == FAN_OUT_BATCH)
 
@@ -186,7 +187,7 @@ def _claim(conn: Connection, endpoint_id: int, batch: int, lease: tuple[int, flo
     lease_until = at + timedelta(seconds=attempt_seconds * rounds + margin_seconds)
     conn.execute(update(d).where(d.c.id.in_([r.id for r in due]))
                  .values(attempts=d.c.attempts + 1, lease_until=lease_until, updated_at=at))
-    return [Claim(r.id, endpoint_id, r.org_id, r.seq, r.attempts + 1, r.type, r.created_at, r[6]) for r in due]
+    return [Claim(r.id, endpoint_id, r.org_id, r.seq, r.attempts + 1, r.type, r.created_at, r.data) for r in due]
 
 
 def _due_query() -> Any:
@@ -194,7 +195,7 @@ def _due_query() -> Any:
     earlier = d.alias("earlier")
     at = bindparam("at", type_=d.c.next_attempt_at.type)
     # The data as its JSON text (the body is built around it, nothing decoded).
-    return (select(d.c.id, d.c.seq, d.c.attempts, e.c.org_id, e.c.type, e.c.created_at, cast(e.c.data, Text))
+    return (select(d.c.id, d.c.seq, d.c.attempts, e.c.org_id, e.c.type, e.c.created_at, cast(e.c.data, Text).label("data"))
             .select_from(d.join(e, e.c.id == d.c.event_id))
             .where(d.c.endpoint_id == bindparam("endpoint_id"), d.c.status == PENDING, d.c.next_attempt_at <= at,
                    or_(d.c.lease_until.is_(None), d.c.lease_until <= at),
@@ -235,7 +236,7 @@ def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, st
     at = now()
     d, e = _DELIVERIES, _ENDPOINTS
     groups: dict[tuple[Any, ...], list[int]] = {}
-    planned: list[tuple[str, tuple[Any, ...]]] = []
+    planned: list[str] = []  # each outcome's, if its claim is still held
     for i, (claim, status, error) in enumerate(outcomes):
         next_at = None
         if error is None:
@@ -247,7 +248,7 @@ def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, st
             outcome, new_status = FAILED, FAILED
         key = (new_status, next_at, status, error, claim.attempts)
         groups.setdefault(key, []).append(i)
-        planned.append((outcome, key))
+        planned.append(outcome)
     done: set[int] = set()
     for (new_status, next_at, status, error, attempts), members in groups.items():
         ids = [outcomes[i][0].delivery_id for i in members]
@@ -265,7 +266,7 @@ def record_many(conn: Connection, outcomes: Sequence[tuple[Claim, int | None, st
     results: list[str | None] = []
     succeeded: set[int] = set()
     errors: dict[int, str] = {}
-    for (claim, _status, error), (outcome, _key) in zip(outcomes, planned):
+    for (claim, _status, error), outcome in zip(outcomes, planned):
         ours = claim.delivery_id in done
         results.append(outcome if ours else None)
         if ours and error is None:

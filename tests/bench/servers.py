@@ -44,17 +44,14 @@ def cpu_seconds(pid: int) -> float:
 
 def children_cpu_seconds(pid: int) -> float:
     """CPU time of a process's live children (the gateway's webhook sender)."""
+    from tests.helpers import children
+
     total = 0.0
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                for child in f.read().split():
-                    try:
-                        total += cpu_seconds(int(child))
-                    except OSError:
-                        pass
-    except OSError:
-        pass
+    for child in children(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            pass
     return total
 
 
