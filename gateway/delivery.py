@@ -192,6 +192,10 @@ def _parse(raw: bytes) -> ParsedMessage:
         metrics.parse_anomalies.labels(kind="parts_skipped").inc()
     if parsed.empty_body:
         metrics.parse_anomalies.labels(kind="empty_body").inc()
+    if not parsed.split.new_text and parsed.text_body.strip() and parsed.forward is None:  # a bare forward: no note
+        metrics.parse_anomalies.labels(kind="new_text_empty").inc()
+    if parsed.forward is not None and parsed.forward.problem:
+        metrics.parse_anomalies.labels(kind="forward_unreadable").inc()
     return parsed
 
 

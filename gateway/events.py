@@ -102,6 +102,10 @@ class EventEmail(BaseModel):
     size: int
     links: list[EventLink]
     attachments: list[EventAttachment]
+    forwarded_by: str | None = Field(description="a forward filed as its original: the user who forwarded it")
+    forward_note: str | None = Field(description="that user's note above the forward")
+    invitation: dict[str, Any] | None = Field(description="a meeting invitation's fields, as GET /v1/emails/{id} "
+                                                          "shows them")
 
 
 class EmailFiledData(BaseModel):

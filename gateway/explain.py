@@ -12,6 +12,7 @@ from typing import Any
 from gateway import filing
 from gateway.delivery import guarded, reply_for
 from gateway.errors import DeliveryFailure, MalformedMessage
+from gateway.message import ParsedMessage
 from gateway.parse import parse_message
 from gateway.replies import REPLIES, Reply
 from gateway.addresses import domain_of, normalise
@@ -62,9 +63,29 @@ def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], 
         out.append(_entry(rcpt, route, reply_for(result), decision))
     return {
         "message": {"parsed": True, "message_id": parsed.message_id, "subject": parsed.subject,
-                    "from": parsed.from_.address if parsed.from_ else None, "envelope_sender": envelope_sender},
+                    "from": parsed.from_.address if parsed.from_ else None, "envelope_sender": envelope_sender,
+                    "understood": understood(parsed)},
         "recipients": out,
     }
+
+
+def understood(parsed: ParsedMessage) -> dict[str, Any]:
+    """What the parser understood (issue 15): the forwarded original, the new text's
+    split, the meeting invitation."""
+    split = parsed.split
+    out: dict[str, Any] = {
+        "new_text": {"chars": len(split.new_text), "of": len(parsed.text_body.strip()),
+                     "quote_marker": split.quote_marker or None, "signature": split.signature or None},
+        "forward": None,
+        "invitation": parsed.invitation.as_json() if parsed.invitation is not None else None,
+    }
+    fw = parsed.forward
+    if fw is not None:
+        out["forward"] = {"method": fw.method, "from": fw.from_.address if fw.from_ else None,
+                          "to": [a.address for a in fw.to], "cc": [a.address for a in fw.cc],
+                          "date": fw.date_text or None, "subject": fw.subject, "message_id": fw.message_id,
+                          "note": fw.note, "problem": fw.problem or None}
+    return out
 
 
 def _route(database: Database, rules: RuleIndex, address: str) -> Route | None:
@@ -105,6 +126,31 @@ def _entry(rcpt: str, route: Any, reply: Reply | None, decision: dict[str, Any])
     return entry
 
 
+def _render_understood(u: dict[str, Any]) -> list[str]:
+    lines = []
+    fw = u["forward"]
+    if fw is not None:
+        lines.append(f"forward: {fw['method']}, original from {fw['from'] or '?'}"
+                     f"{' dated ' + fw['date'] if fw['date'] else ''}  \"{fw['subject']}\"")
+        if fw["problem"]:
+            lines.append(f"  not filed as the original: {fw['problem']}")
+        if fw["note"]:
+            lines.append(f"  note: {fw['note'][:200]!r}")
+    new = u["new_text"]
+    cut = []
+    if new["quote_marker"]:
+        cut.append(f"quoted history from {new['quote_marker'][:120]!r}")
+    if new["signature"]:
+        cut.append(f"signature of {len(new['signature'].splitlines())} line(s)")
+    lines.append(f"new text: {new['chars']} of {new['of']} characters" + ("; " + "; ".join(cut) if cut else
+                                                                           "; nothing quoted, no signature"))
+    inv = u["invitation"]
+    if inv is not None:
+        lines.append(f"invitation: {inv['method'] or '-'} {inv['summary']!r} {inv['start']} .. {inv['end']}, "
+                     f"organiser {inv['organizer']}, attendees {', '.join(a['address'] for a in inv['attendees'])}")
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines = []
     msg = report["message"]
@@ -112,6 +158,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"message: cannot be parsed ({msg['reason']})")
     else:
         lines.append(f"message: {msg['message_id'] or '(no Message-ID)'}  from {msg['from']}  \"{msg['subject']}\"")
+        lines.extend(_render_understood(msg["understood"]))
     for r in report["recipients"]:
         d = r["decision"]
         lines.append(f"{r['rcpt']}")
@@ -123,6 +170,14 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  organisation {r['org']}, alias {r['alias']} -> pipeline {r['pipeline']}")
         if "sender_check" in d:
             lines.append(f"  sender {d['sender']}: {d['sender_check']}; search {d['search']}, creates {d['creates']}")
+        if d.get("forward"):
+            f = d["forward"]
+            if f["filed"] == "original":
+                lines.append(f"  forward ({f['method']}): filed as the original, "
+                             f"{'received from' if f['reason'] == 'received' else 'sent by'} {f['original_from']}"
+                             f", dated {f['original_date'] or 'unknown (arrival used)'}")
+            else:
+                lines.append(f"  forward ({f['method']}): filed as it came: {f['reason']}")
         for p in d.get("people", []):
             ident = f" {p['id']}" if "id" in p else ""
             lines.append(f"  {p['address']}: {p['action']} {p['kind']}{ident}")
@@ -134,6 +189,10 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  thread: {t['method']}{how}" + (f" -> record {t['record_id']}" if t.get("record_id") else ""))
             if t.get("token_ignored"):
                 lines.append(f"  token ignored: {t['token_ignored']}")
+            if t.get("dropbox_email"):
+                lines.append(f"  answers dropbox email {t['dropbox_email']}: it joins the record's conversation")
+        if "participants" in d:
+            lines.append(f"  participants: {', '.join(d['participants'])}")
         if d.get("contact"):
             lines.append(f"  contact: {d['contact']['action']}" + (f" {d['contact']['id']}" if "id" in d["contact"] else ""))
         if d.get("record"):

@@ -41,7 +41,8 @@ def export(engine: Engine, org_id: str | None = None) -> dict[str, Any]:
                 "from": r.from_address, "from_name": r.from_name, "to": r.to_addresses, "cc": r.cc_addresses,
                 "date": _ts(r.date), "received_at": _ts(r.received_at), "direction": r.direction,
                 "source": r.source, "kind": r.kind, "filed_by": owners.get(r.filed_by_user_id),
-                "visibility": r.visibility, "size": r.size,
+                "visibility": r.visibility, "size": r.size, "new_text": r.new_text,
+                "forwarded_by": r.forwarded_by, "forward_note": r.forward_note, "invitation": r.invitation,
                 "links": email_links.get(r.id, []), "attachments": email_atts.get(r.id, []),
             }
             for r in store_emails.listing(conn, org_id)

@@ -113,9 +113,11 @@ quarantined = Counter("gateway_quarantined_total",
                       ["route"], registry=REGISTRY)
 parse_anomalies = Counter("gateway_parse_anomalies_total",
                           "Messages not wholly understood: parts_skipped (nested too deep or too many parts; "
-                          "the raw message keeps them), empty_body (no text and no attachment from a non-blank body)",
+                          "the raw message keeps them), empty_body (no text and no attachment from a non-blank body), "
+                          "new_text_empty (nothing left of a non-blank text once quotes and signature were split "
+                          "off), forward_unreadable (a forward whose original's sender could not be read)",
                           ["kind"], registry=REGISTRY)
-for _kind in ("parts_skipped", "empty_body"):
+for _kind in ("parts_skipped", "empty_body", "new_text_empty", "forward_unreadable"):
     parse_anomalies.labels(kind=_kind)
 events_sequenced = Counter("gateway_events_sequenced_total",
                            "Events put in their organisation's feed (GET /v1/events, webhooks)", registry=REGISTRY)

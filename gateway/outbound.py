@@ -4,7 +4,8 @@ Before relay: the control headers (X-Gateway-Class, X-Gateway-Record) are remove
 a missing Message-ID or Date is added, the record token goes into the subject of
 mail that belongs to a record, and the message is DKIM-signed for its From domain.
 After the smarthost accepted it, the message as relayed is stored in the record's
-conversation (outbound), or on the leads/contacts it was sent to.
+conversation (outbound; its external recipients take part in the record from then
+on), or on the leads/contacts it was sent to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import Connection
 
 from gateway import events
 from gateway.addresses import domain_of, looks_like_address, normalise
+from gateway.filing.people import participants
 from gateway.filing.threads import first_evidence, header_evidence, record_token
 from gateway.errors import PermanentFailure
 from gateway.parse import parse_message
@@ -142,6 +144,8 @@ def store_outbound(conn: Connection, rules: RuleIndex, org_id: str, relayed: byt
         links.append(Link("record", record.id))
         if record.contact_id is not None:
             links.append(Link("contact", record.contact_id))
+        # Its external recipients take part in the record (their replies thread by token).
+        records.participate(conn, org_id, record.id, participants(org, parsed, ""))
     else:
         for address in sorted({normalise(a.address) for a in parsed.to + parsed.cc}):
             if org.is_own_address(address):

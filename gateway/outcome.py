@@ -44,9 +44,12 @@ class ThreadMatch:
     """Which record a message continues, and the evidence (gateway/filing/threads.py)."""
 
     record_id: int | None
-    method: str  # in-reply-to | references | token | none
+    method: str  # in-reply-to | references | dropbox | token | none
     evidence: str = ""
     token_ignored: str = ""  # a token seen from a non-participant
+    # The dropbox email (a user's BCC'd mail) this message answers: it joins the
+    # record's conversation (issue 15).
+    dropbox_email: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,20 @@ class PersonWanted:
     creates: Kind
 
 
+@dataclass(frozen=True)
+class ForwardSeen:
+    """A dropbox mail that is a forward (gateway/filing/dropbox.py): whether its
+    original was filed in its place, and why."""
+
+    method: str  # attachment | gmail | outlook | outlook-ja | apple | thunderbird | inline
+    filed: Literal["original", "forward"]  # the original's fields, or the forwarding mail as it came
+    # received: the user forwarded mail a customer sent them; sent: mail the user (or
+    # a colleague) sent, filed like a BCC; else why the original could not be used.
+    reason: str
+    original_from: str = ""
+    original_date: str | None = None  # ISO 8601 UTC, as stored
+
+
 # --- plans: what to do, before anything is written -------------------------------------
 
 
@@ -102,6 +119,10 @@ class DropboxPlan:
     wanted: tuple[PersonWanted, ...]
     # The user's sharing setting now (SPEC 2.12), kept with the email.
     visibility: str = "private"
+    forward: ForwardSeen | None = None
+    # The message as filed when it is not the one delivered (a forward's original:
+    # its sender, recipients, Date, Subject, Message-ID and text); None: as delivered.
+    filed: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -110,7 +131,9 @@ class JoinRecord:
 
     record_id: int
     link_contact: int | None  # the record's contact, when the sender is that contact
-    participate: bool  # noise joins a thread without making its sender a participant
+    # Who takes part from now on: the sender and the external addresses of From, To and
+    # Cc (none for noise: it joins a thread without making anyone a participant).
+    participants: tuple[str, ...]
     stage_change: StageChange | None
 
 
@@ -126,6 +149,7 @@ class NewRecord:
     contact: PersonWanted | None  # None: the sender is not an address
     first_name: str
     last_name: str
+    participants: tuple[str, ...] = ()  # the sender and the external addresses of From, To and Cc
 
 
 @dataclass(frozen=True)
@@ -161,6 +185,7 @@ class DropboxDecision:
     creates: str
     customers: tuple[str, ...]
     people: tuple[Person, ...] = ()
+    forward: ForwardSeen | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,7 @@ class AliasDecision:
     contact: Touched | None = None
     stage_change: StageChange | None = None
     new_record: bool = False
+    participants: tuple[str, ...] = ()  # the addresses this mail made participants
 
 
 @dataclass(frozen=True)
@@ -275,7 +301,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     """What is stored with the idempotency key when a delivery is claimed (replaced by
     the whole decision in the same transaction)."""
     if isinstance(plan, DropboxPlan):
-        return _dropbox_json(DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers))
+        return _dropbox_json(DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers,
+                                             forward=plan.forward))
     return {"route": "alias", "alias": plan.alias, "pipeline": plan.pipeline, "sender": plan.sender,
             "noise": str(plan.noise) if plan.noise else None}
 
@@ -300,8 +327,13 @@ def _relay_json(d: RelayDecision) -> dict[str, Any]:
 
 
 def _dropbox_json(d: DropboxDecision) -> dict[str, Any]:
-    return {"route": "dropbox", "user": d.user, "sender": d.sender, "sender_check": "registered",
-            "search": d.search, "creates": d.creates, "customers": list(d.customers)}
+    out = {"route": "dropbox", "user": d.user, "sender": d.sender, "sender_check": "registered",
+           "search": d.search, "creates": d.creates, "customers": list(d.customers)}
+    if d.forward is not None:  # only then: the decisions stored before keep their shape
+        f = d.forward
+        out["forward"] = {"method": f.method, "filed": f.filed, "reason": f.reason,
+                          "original_from": f.original_from, "original_date": f.original_date}
+    return out
 
 
 def _person_json(p: Person) -> dict[str, Any]:
@@ -321,7 +353,14 @@ def _thread_json(t: ThreadMatch) -> dict[str, Any]:
     out: dict[str, Any] = {"method": t.method, "evidence": t.evidence, "record_id": t.record_id}
     if t.token_ignored:
         out["token_ignored"] = t.token_ignored
+    if t.dropbox_email is not None:
+        out["dropbox_email"] = t.dropbox_email
     return out
+
+
+def _thread_from(t: dict[str, Any]) -> ThreadMatch:
+    return ThreadMatch(t["record_id"], t["method"], t.get("evidence", ""), t.get("token_ignored", ""),
+                       t.get("dropbox_email"))
 
 
 def _stage_json(c: StageChange | None) -> dict[str, Any] | None:
@@ -343,6 +382,8 @@ def _alias_json(d: AliasDecision) -> dict[str, Any]:
         out["record"] = _touched_json(d.record)
         out["outcome"] = "filed"
         out["stage_change"] = _stage_json(d.stage_change)
+    if d.participants:  # only then: the decisions stored before keep their shape
+        out["participants"] = list(d.participants)
     return out
 
 
@@ -351,9 +392,12 @@ def decision_from_json(data: dict[str, Any]) -> Decision:
     is (RawDecision)."""
     try:
         if data.get("route") == "dropbox" and "people" in data:
+            f = data.get("forward")
             dropbox = DropboxDecision(
                 data["user"], data["sender"], data["search"], data["creates"], tuple(data["customers"]),
-                tuple(Person(p["address"], p["kind"], p.get("id"), p["action"]) for p in data["people"]))
+                tuple(Person(p["address"], p["kind"], p.get("id"), p["action"]) for p in data["people"]),
+                ForwardSeen(f["method"], f["filed"], f["reason"], f["original_from"], f["original_date"])
+                if f is not None else None)
             if decision_json(dropbox) == data:
                 return dropbox
         if data.get("route") == "alias" and "outcome" in data:
@@ -365,18 +409,17 @@ def decision_from_json(data: dict[str, Any]) -> Decision:
             change = data.get("stage_change")
             decision = AliasDecision(
                 data["alias"], data["pipeline"], data["sender"], noise,
-                ThreadMatch(t["record_id"], t["method"], t.get("evidence", ""), t.get("token_ignored", "")),
-                data["outcome"],
+                _thread_from(t), data["outcome"],
                 record=_touched_from(data.get("record")), contact=_touched_from(data.get("contact")),
                 stage_change=StageChange(change["from"], change["to"], change["cause"]) if change else None,
-                new_record="contact" in data,
+                new_record="contact" in data, participants=tuple(data.get("participants", ())),
             )
             if _alias_json(decision) == data:
                 return decision
         if data.get("route") == "relay":
             t = data["thread"]
             relay = RelayDecision(
-                data["login"], data["class"], ThreadMatch(t["record_id"], t["method"], t.get("evidence", "")),
+                data["login"], data["class"], _thread_from(t),
                 data["token_added"], data["smarthost"], data["accepted"], dict(data["refused"]),
                 tuple(Link(link["kind"], link["id"]) for link in data.get("links", [])))
             if _relay_json(relay) == data:

@@ -40,12 +40,14 @@ def stage_history(conn: Connection, record_ids: list[int] | None = None) -> dict
 
 def export_records(conn: Connection, org_id: str | None, owners: dict[int, str]) -> list[dict[str, Any]]:
     rows = store_records.listing(conn, org_id)
+    taking_part = store_records.all_participants(conn, org_id)
     order = conversation_order(conn)
     history = stage_history(conn)
     return [
         {
             "id": r.id, "org": r.org_id, "pipeline": r.pipeline, "stage": r.stage, "title": r.title,
             "owner": owners.get(r.owner_id), "tags": r.tags, "contact_id": r.contact_id,
+            "participants": taking_part.get(r.id, []),
             "email_ids": order.get(r.id, []), "stage_history": history.get(r.id, []),
             "created_at": ts(r.created_at), "updated_at": ts(r.updated_at),
         }
@@ -74,7 +76,8 @@ def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | No
         {
             "id": i, "date": ts(by_id[i].date), "sort_at": ts(by_id[i].sort_at), "from": by_id[i].from_address,
             "subject": by_id[i].subject, "direction": by_id[i].direction, "kind": by_id[i].kind,
-            "message_id": by_id[i].message_id,
+            "message_id": by_id[i].message_id, "source": by_id[i].source, "new_text": by_id[i].new_text,
+            "forwarded_by": by_id[i].forwarded_by, "invitation": by_id[i].invitation,
         }
         for i in ids
     ]
@@ -89,6 +92,7 @@ def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | No
     return {
         "id": row.id, "org": row.org_id, "pipeline": row.pipeline, "stage": row.stage, "title": row.title,
         "token": token, "owner": owner, "tags": row.tags, "contact": contact,
+        "participants": store_records.participants(conn, record_id),
         "created_at": ts(row.created_at), "updated_at": ts(row.updated_at),
         "conversation": conversation,
         "stage_history": stage_history(conn, [record_id]).get(record_id, []),
@@ -107,11 +111,23 @@ def render_show(shown: dict[str, Any]) -> str:
     if contact:
         name = " ".join(x for x in (contact["first_name"], contact["last_name"]) if x)
         lines.append(f"  contact: {contact['id']} {name} <{contact['email']}>")
+    lines.append(f"  participants: {', '.join(shown['participants']) or '-'}")
     lines.append("  conversation:")
     for e in shown["conversation"]:
         mark = "" if e["kind"] == "message" else f" [{e['kind']}]"
+        if e["source"] == "dropbox":
+            mark += " [dropbox]"
         arrow = "<-" if e["direction"] == "inbound" else "->"
         lines.append(f"    {e['sort_at']}  {arrow} {e['from']}  {e['subject']}{mark}  (email {e['id']})")
+        if e["forwarded_by"]:
+            lines.append(f"        forwarded by {e['forwarded_by']}")
+        invitation = e["invitation"]
+        if invitation:
+            lines.append(f"        invitation {invitation['method'] or '-'}: {invitation['summary']}  "
+                         f"{invitation['start'] or '?'} .. {invitation['end'] or '?'}  "
+                         f"organiser {invitation['organizer'] or '-'}, "
+                         f"{len(invitation['attendees'])} attendee(s)")
+        lines.extend(f"        | {line}" for line in _excerpt(e["new_text"]))
     lines.append("  stage history:")
     for h in shown["stage_history"]:
         who = f" by {h['actor']}" if h.get("actor") else ""
@@ -134,6 +150,12 @@ def render_show(shown: dict[str, Any]) -> str:
             parts.append("token added to subject")
         lines.append("    " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _excerpt(text: str, lines: int = 4, width: int = 100) -> list[str]:
+    """The first lines of a new text, for the conversation listing."""
+    shown = [line.rstrip()[:width] for line in text.strip().splitlines() if line.strip()]
+    return shown[:lines] + (["..."] if len(shown) > lines else [])
 
 
 class RecordChangeError(UserError):

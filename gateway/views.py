@@ -37,9 +37,13 @@ def email(values: Mapping[str, Any], *, filed_by: str | None, links: Iterable[Ma
         "links": [{"kind": link["kind"], "id": link["id"]} for link in links],
         "attachments": [{"index": i, "filename": a["filename"], "content_type": a["content_type"], "size": a["size"]}
                         for i, a in enumerate(attachments)],
+        # A forward filed as its original (issue 15): who forwarded it, their note.
+        "forwarded_by": values["forwarded_by"], "forward_note": values["forward_note"],
+        "invitation": values["invitation"],
     }
     if bodies:
         out["text_body"], out["html_body"] = values["text_body"], values["html_body"]
+        out["new_text"] = values["new_text"]
     return out
 
 

@@ -101,7 +101,8 @@ def test_organisation_token_sees_everything_with_visibility_and_filed_by(shared)
     }
     first = items[0]
     assert set(first) == {"id", "message_id", "subject", "from", "to", "cc", "date", "received_at", "kind",
-                          "direction", "source", "filed_by", "visibility", "size", "links", "attachments"}
+                          "direction", "source", "filed_by", "visibility", "size", "links", "attachments",
+                          "forwarded_by", "forward_note", "invitation"}
     assert first["from"] == {"name": "", "address": H} and first["to"] == ["carl@initech.example"]
     assert first["cc"] == [] and first["kind"] == "message" and first["size"] == len(sent["private"])
     assert first["date"].endswith("Z") and first["received_at"].endswith("Z")

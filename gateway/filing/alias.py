@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from gateway.addresses import looks_like_address
 from gateway.filing import noise
 from gateway.outcome import AliasPlan, DropNoise, JoinRecord, NewRecord, PersonWanted, StageChange
-from gateway.filing.people import sender_of, split_name
+from gateway.filing.people import participants, sender_of, split_name
 from gateway.filing.threads import find_thread
 from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute
@@ -40,7 +40,8 @@ def plan(conn: Connection, rules: RuleIndex, route: AliasRoute, parsed: ParsedMe
                          record_token=org.record_token, prefix=pipeline.token_prefix)
     action: JoinRecord | NewRecord | DropNoise
     if thread.record_id is not None:
-        action = _join(conn, thread.record_id, sender, alias, noise=kind is not None)
+        action = _join(conn, thread.record_id, sender, alias, noise=kind is not None,
+                       taking_part=participants(org, parsed, sender))
     elif kind is not None:
         action = DropNoise()
     else:
@@ -50,17 +51,18 @@ def plan(conn: Connection, rules: RuleIndex, route: AliasRoute, parsed: ParsedMe
             pipeline_id=pipeline.id, stage=pipeline.first_stage, title=parsed.subject.strip() or NO_SUBJECT,
             owner_id=owner.id if owner else None, tags=tuple(alias.tags),
             contact=PersonWanted(sender, ("contact",), "contact") if looks_like_address(sender) else None,
-            first_name=first, last_name=last,
+            first_name=first, last_name=last, participants=participants(org, parsed, sender),
         )
     return AliasPlan(org_id=route.org_id, route_key=route.key, alias=alias.address, pipeline=pipeline.name,
                      sender=sender, noise=kind, thread=thread, action=action)
 
 
-def _join(conn: Connection, record_id: int, sender: str, alias: AliasEntry, noise: bool) -> JoinRecord:
+def _join(conn: Connection, record_id: int, sender: str, alias: AliasEntry, *, noise: bool,
+          taking_part: tuple[str, ...]) -> JoinRecord:
     if noise:
         # Noise joins the conversation and nothing more: no contact link, no
         # participant, no reopen.
-        return JoinRecord(record_id, link_contact=None, participate=False, stage_change=None)
+        return JoinRecord(record_id, link_contact=None, participants=(), stage_change=None)
     contact = records.contact_address(conn, record_id)
     change = None
     if alias.reopen and alias.reopen_from:
@@ -68,4 +70,4 @@ def _join(conn: Connection, record_id: int, sender: str, alias: AliasEntry, nois
         if stage in alias.reopen_from:
             change = StageChange(stage, alias.reopen_to, "reply")
     return JoinRecord(record_id, link_contact=contact[0] if contact and contact[1] == sender else None,
-                      participate=True, stage_change=change)
+                      participants=taking_part, stage_change=change)

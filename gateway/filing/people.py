@@ -32,6 +32,18 @@ def customers(org: OrgEntry, parsed: ParsedMessage, sender: str) -> list[str]:
     return out
 
 
+def participants(org: OrgEntry, parsed: ParsedMessage, sender: str) -> tuple[str, ...]:
+    """Who takes part in a record by this mail (issue 15): its sender, and the external
+    addresses of From, To and Cc -- the organisation's own people, domains and gateway
+    addresses are not customers.  A record token in a later subject threads their mail."""
+    out = [sender] if looks_like_address(sender) else []
+    for a in ((parsed.from_,) if parsed.from_ else ()) + parsed.to + parsed.cc:
+        address = normalise(a.address)
+        if address not in out and looks_like_address(address) and not org.is_own_address(address):
+            out.append(address)
+    return tuple(out)
+
+
 def split_name(display_name: str, address: str) -> tuple[str, str]:
     """(first, last) from a display name; the address as last name when there is none.
     CJK names are written family name first ("山田 太郎")."""

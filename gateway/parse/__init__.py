@@ -27,6 +27,9 @@ The modules, one concept each (none imports this package's ``__init__``):
 * ``undeclared`` -- 8-bit header bytes without (or with a wrong) charset;
 * ``jis`` -- the ISO-2022-JP codec as Windows and Outlook write it;
 * ``html_text`` -- HTML bodies to text;
+* ``newtext`` -- the text its author wrote: quoted history and signature apart;
+* ``forwards`` -- a forward's original (attached, or a mail client's inline block);
+* ``invitations`` -- a text/calendar part's meeting invitation;
 * ``digest`` -- DIGEST_FIELDS and the content digest;
 * ``text`` -- text hygiene (no NUL, no lone surrogates);
 * ``limits`` -- the bounds on what one message may cost.

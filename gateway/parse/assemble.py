@@ -18,6 +18,7 @@ from gateway.parse.digest import content_digest
 from gateway.parse.fields import addresses, message_id, message_ids, parse_date
 from gateway.parse.headers import (ENCODED_WORD_CHARSET, HeaderSection, decode_header_value, header_message,
                                    raw_bytes, split_header_section)
+from gateway.parse import forwards, invitations, newtext
 from gateway.parse.html_text import html_to_text
 from gateway.parse.limits import MAX_DEPTH, MAX_PARTS
 from gateway.parse.mime import (Walk, attachment_name, content_type, decode_payload, leaves, param_text,
@@ -31,7 +32,7 @@ log = logs.get("gateway.parse")
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse one received message; see the package docstring for the contract."""
     try:
-        return _parse(raw)
+        return _parse(raw, understand=True)
     except MalformedMessage:
         raise
     except MemoryError:
@@ -70,7 +71,9 @@ def _top(raw: bytes) -> tuple[Message, HeaderSection]:
 _NOT_BLANK = re.compile(rb"\S")
 
 
-def _parse(raw: bytes) -> ParsedMessage:
+def _parse(raw: bytes, *, understand: bool) -> ParsedMessage:
+    """``understand``: look for a forwarded original too (the top-level message; an
+    attached original is read without)."""
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise MalformedMessage("message is not bytes")
     raw = bytes(raw)
@@ -89,6 +92,8 @@ def _parse(raw: bytes) -> ParsedMessage:
     named_texts: list[str] = []  # inline text/plain parts with a file name
     html: str | None = None
     found: list[tuple[Message, str, int]] = []  # attachments: headers, type, size
+    attached: bytes | None = None  # the first message/rfc822 part (a forward's original?)
+    calendar: tuple[bytes, str | None] | None = None  # the first text/calendar part, its charset
     # The charsets the message declares: for 8-bit header bytes that declare none.
     eight_bit = not raw.isascii()
     labels = [m.group(1) for v in top.values() if "=?" in v for m in ENCODED_WORD_CHARSET.finditer(v)]
@@ -102,6 +107,10 @@ def _parse(raw: bytes) -> ParsedMessage:
         payload = decode_payload(msg, body)
         if kind in ("attachment", "named-text"):
             found.append((msg, part_type, len(payload)))
+            if part_type == "message/rfc822" and attached is None:
+                attached = payload
+            elif part_type == "text/calendar" and calendar is None:
+                calendar = payload, charset
             if kind == "attachment":
                 continue
         text = clean(normalize_newlines(decode_text(payload, charset)))
@@ -137,6 +146,17 @@ def _parse(raw: bytes) -> ParsedMessage:
     from_ = addresses(top, "from", hints)
     sender = addresses(top, "sender", hints)
     subject = first("subject")
+    subject_text = decode_header_value(subject, hints).strip() if subject is not None else ""
+    split = newtext.split(text_body)
+    forward = None
+    if understand:
+        original = None
+        if attached is not None and attached.strip():
+            try:
+                original = _parse(attached, understand=False)
+            except MalformedMessage:
+                original = None
+        forward = forwards.find(subject_text, text_body, original, newtext.split)
     return ParsedMessage(
         raw=raw,
         digest=content_digest(section, raw),
@@ -147,7 +167,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         reply_to=addresses(top, "reply-to", hints),
         to=addresses(top, "to", hints),
         cc=addresses(top, "cc", hints),
-        subject=decode_header_value(subject, hints).strip() if subject is not None else "",
+        subject=subject_text,
         text_body=text_body,
         html_body=html_body,
         attachments=tuple(attachments),
@@ -158,4 +178,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         headers=headers,
         skipped_parts=walk.skipped,
         empty_body=empty_body,
+        split=split,
+        forward=forward,
+        invitation=invitations.read(*calendar) if calendar is not None else None,
     )

@@ -52,7 +52,7 @@ def plain_addresses(values: list[str]) -> list[tuple[str, str]] | None:
     return pairs
 
 
-def _split_list(value: str) -> list[str]:
+def split_list(value: str) -> list[str]:
     """Split an address list at the commas outside quoted strings, comments and
     angle brackets."""
     pieces: list[str] = []
@@ -97,7 +97,7 @@ def _mailboxes(values: list[str]) -> list[tuple[str, str]]:
     bare addresses)."""
     pairs: list[tuple[str, str]] = []
     for value in values:
-        for piece in _split_list(value):
+        for piece in split_list(value):
             found = _ANGLE_ADDR.match(piece)
             if found is None:
                 pairs.extend(email.utils.getaddresses([piece]))

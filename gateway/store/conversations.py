@@ -32,6 +32,18 @@ def records_by_message_id(conn: Connection, org_id: str, message_ids: list[str],
     return {mid: record_id for mid, (_, record_id) in best.items()}
 
 
+def dropbox_mail(conn: Connection, org_id: str, message_ids: list[str]) -> dict[str, tuple[int, list[str]]]:
+    """Mail users filed through their dropbox with these Message-IDs: for each id, the
+    newest such email's id and the ids it answered (In-Reply-To, then References
+    newest first)."""
+    query = (select(_EMAILS.c.id, _EMAILS.c.message_id, _EMAILS.c.in_reply_to, _EMAILS.c.references)
+             .where(_EMAILS.c.org_id == org_id, _EMAILS.c.message_id.in_(message_ids),
+                    _EMAILS.c.source == "dropbox")
+             .order_by(_EMAILS.c.id))
+    return {row.message_id: (row.id, list(row.in_reply_to or []) + list(reversed(row.references or [])))
+            for row in conn.execute(query)}
+
+
 def record_in_pipeline(conn: Connection, org_id: str, pipeline_id: int, record_id: int) -> bool:
     return conn.execute(
         select(_RECORDS.c.id).where(_RECORDS.c.id == record_id, _RECORDS.c.org_id == org_id,

@@ -20,7 +20,8 @@ FUTURE_SKEW = timedelta(minutes=15)
 
 EMAIL_KEYS = ("org_id", "message_id", "subject", "from_name", "from_address", "to_addresses", "cc_addresses",
               "date", "received_at", "sort_at", "kind", "direction", "source", "filed_by_user_id", "text_body",
-              "html_body", "size", "digest", "in_reply_to", "references", "visibility")
+              "html_body", "size", "digest", "in_reply_to", "references", "visibility", "new_text", "forwarded_by",
+              "forward_note", "invitation")
 
 
 def sort_time(parsed: ParsedMessage, arrived: datetime) -> datetime:
@@ -49,10 +50,12 @@ _stmts = PerDialect(_Statements)
 
 
 def values(org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_by: int | None, kind: str,
-           visibility: str, arrived: datetime) -> dict[str, Any]:
+           visibility: str, arrived: datetime, forwarded_by: str | None = None,
+           forward_note: str | None = None) -> dict[str, Any]:
     """The emails row of a message (without its id; insert() stores it).  ``visibility``:
     the filing user's sharing setting (SPEC 2.12); mail no user filed is public within
-    the organisation."""
+    the organisation.  ``forwarded_by``/``forward_note``: a forward filed as its
+    original (``p`` then has the original's fields)."""
     return {
         "org_id": org_id,
         "message_id": p.message_id,
@@ -75,6 +78,10 @@ def values(org_id: str, p: ParsedMessage, *, source: str, direction: str, filed_
         "in_reply_to": list(p.in_reply_to),
         "references": list(p.references),
         "visibility": visibility,
+        "new_text": p.split.new_text,
+        "forwarded_by": forwarded_by,
+        "forward_note": forward_note,
+        "invitation": p.invitation.as_json() if p.invitation is not None else None,
     }
 
 
@@ -132,7 +139,7 @@ def attachments(conn: Connection, org_id: str | None = None) -> Sequence[Row[Any
 # The API's reads (gateway/api/routes/emails.py).  Who may see what is decided by
 # gateway/sharing.py; ``visible_to``/``sharers`` below are its SQL side, a superset.
 
-_BODIES = ("text_body", "html_body")
+_BODIES = ("text_body", "html_body", "new_text")
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,9 +62,11 @@ class _Writer:
         self.links.append(Link(kind, target_id))
 
     def store(self, parsed: ParsedMessage, *, source: str, direction: str, filed_by: int | None,
-              kind: str = "message", visibility: str = "public") -> int:
+              kind: str = "message", visibility: str = "public", forwarded_by: str | None = None,
+              forward_note: str | None = None) -> int:
         self.email = emails.values(self.org_id, parsed, source=source, direction=direction, filed_by=filed_by,
-                                   kind=kind, visibility=visibility, arrived=self.at)
+                                   kind=kind, visibility=visibility, arrived=self.at, forwarded_by=forwarded_by,
+                                   forward_note=forward_note)
         self.email["id"] = emails.insert(self.conn, self.email, parsed)
         return self.email["id"]  # type: ignore[no-any-return]
 
@@ -75,12 +77,18 @@ def _dropbox(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan) -> Filing:
         kind, person_id, action = people.find_or_create(w.conn, plan.org_id, wanted, plan.user_id, "dropbox",
                                                         at=w.at)
         found.append(Person(wanted.address, kind, person_id, action))  # type: ignore[arg-type]
-    email_id = w.store(parsed, source="dropbox", direction="inbound", filed_by=plan.user_id,
-                       visibility=plan.visibility)
+    if plan.filed is not None:  # a forward, filed as its original
+        assert parsed.forward is not None
+        email_id = w.store(plan.filed, source="dropbox", direction="inbound", filed_by=plan.user_id,
+                           visibility=plan.visibility, forwarded_by=plan.sender, forward_note=parsed.forward.note)
+    else:
+        email_id = w.store(parsed, source="dropbox", direction="inbound", filed_by=plan.user_id,
+                           visibility=plan.visibility)
     for person in found:
         assert person.id is not None
         w.link(email_id, person.kind, person.id)
-    decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, tuple(found))
+    decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, tuple(found),
+                               plan.forward)
     return Filing("filed", decision, email_id)
 
 
@@ -95,15 +103,15 @@ def _alias(w: _Writer, parsed: ParsedMessage, plan: AliasPlan) -> Filing:
         w.link(email_id, "record", action.record_id)
         if action.link_contact is not None:
             w.link(email_id, "contact", action.link_contact)
-        if action.participate:
-            records.participate(conn, org_id, action.record_id, plan.sender)
+        _answered_dropbox_mail(w, plan, action.record_id)
+        records.participate(conn, org_id, action.record_id, action.participants)
         change = action.stage_change
         if change is not None:
             records.set_stage(conn, action.record_id, change.to_stage)
             records.add_stage_change(conn, org_id, action.record_id, change.from_stage, change.to_stage,
                                      change.cause, email_id)
         return Filing("filed", AliasDecision(**base, outcome="filed", record=Touched(action.record_id, "joined"),
-                                             stage_change=change), email_id)
+                                             stage_change=change, participants=action.participants), email_id)
     return _new_record(w, parsed, plan, action, base)
 
 
@@ -123,9 +131,17 @@ def _new_record(w: _Writer, parsed: ParsedMessage, plan: AliasPlan, action: NewR
     if contact is not None:
         assert contact.id is not None
         w.link(email_id, "contact", contact.id)
-        records.participate(conn, org_id, record_id, plan.sender)
+    records.participate(conn, org_id, record_id, action.participants)
+    _answered_dropbox_mail(w, plan, record_id)
     change = StageChange(None, action.stage, "created")
     records.add_stage_change(conn, org_id, record_id, None, action.stage, "created", email_id)
     decision = AliasDecision(**base, outcome="filed", record=Touched(record_id, "created"), contact=contact,
-                             stage_change=change, new_record=True)
+                             stage_change=change, new_record=True, participants=action.participants)
     return Filing("filed", decision, email_id)
+
+
+def _answered_dropbox_mail(w: _Writer, plan: AliasPlan, record_id: int) -> None:
+    """The user's BCC'd mail this answers (issue 15) joins the record's conversation:
+    the record shows the mail that started it."""
+    if plan.thread.dropbox_email is not None:
+        emails.link(w.conn, plan.org_id, plan.thread.dropbox_email, "record", record_id)

@@ -199,6 +199,13 @@ class Email(Base):
     visibility: Mapped[str] = mapped_column(String(10), server_default="public")
     # Conversation order: Date, or arrival when Date is missing, bad or in the future.
     sort_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The text its author wrote: quoted history and signature apart (issue 15).
+    new_text: Mapped[str] = mapped_column(Text, server_default="")
+    # A forward filed as its original: who forwarded it, and their note above it.
+    forwarded_by: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    forward_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A meeting invitation's fields (gateway/parse/invitations.py; shape in gateway/views.py).
+    invitation: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class EmailRaw(Base):

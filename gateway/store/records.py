@@ -69,11 +69,29 @@ def add_stage_change(conn: Connection, org_id: str, record_id: int, from_stage: 
         at=now(), cause=cause, email_id=email_id, actor=actor))
 
 
-def participate(conn: Connection, org_id: str, record_id: int, address: str) -> None:
-    """The address takes part in the record (once): its token in a subject then counts."""
+def participate(conn: Connection, org_id: str, record_id: int, addresses: Sequence[str]) -> None:
+    """The addresses take part in the record (each once): its token in a subject then counts."""
+    if not addresses:
+        return
     parts = m.Participant.__table__
-    conn.execute(insert_for(conn, parts).values(org_id=org_id, record_id=record_id, address=address)
-                 .on_conflict_do_nothing())
+    conn.execute(insert_for(conn, parts).on_conflict_do_nothing(),
+                 [{"org_id": org_id, "record_id": record_id, "address": a} for a in addresses])
+
+
+def participants(conn: Connection, record_id: int) -> list[str]:
+    """Who takes part in the record, in the order they joined."""
+    parts = m.Participant.__table__
+    return list(conn.execute(select(parts.c.address).where(parts.c.record_id == record_id)
+                             .order_by(parts.c.id)).scalars())
+
+
+def all_participants(conn: Connection, org_id: str | None = None) -> dict[int, list[str]]:
+    """record id → who takes part (of ``org_id`` when given), in the order they joined."""
+    parts = m.Participant.__table__
+    out: dict[int, list[str]] = {}
+    for row in tenant_rows(conn, select(parts), parts, org_id):
+        out.setdefault(row.record_id, []).append(row.address)
+    return out
 
 
 def with_pipeline(conn: Connection, record_id: int, org_id: str | None = None, *,

@@ -101,7 +101,7 @@ def test_alias_plan_new_record_then_a_reply_joins_and_reopens(database, bound):
     with database.write() as conn:
         plan = alias.plan(conn, bound, route, reply, "charles@zillum.com")
     assert plan.thread.method == "in-reply-to" and plan.thread.record_id == record_id
-    assert plan.action == JoinRecord(record_id, link_contact=decision.contact.id, participate=True,
+    assert plan.action == JoinRecord(record_id, link_contact=decision.contact.id, participants=("charles@zillum.com",),
                                      stage_change=StageChange(resolved, route.alias.reopen_to, "reply"))
 
 

@@ -55,6 +55,25 @@ class AttachmentOut(BaseModel):
     size: int = Field(description="decoded size in octets")
 
 
+class AttendeeOut(BaseModel):
+    address: str
+    name: str
+    status: str = Field(description="PARTSTAT: ACCEPTED, DECLINED, TENTATIVE, NEEDS-ACTION ... (\"\" when none)")
+
+
+class InvitationOut(BaseModel):
+    """A meeting invitation: the first text/calendar part (it stays an attachment too)."""
+
+    method: str = Field(description="REQUEST | REPLY | CANCEL | PUBLISH ... (\"\" when the part names none)")
+    summary: str
+    start: str | None = Field(description="ISO 8601: UTC with Z; a floating time without zone; YYYY-MM-DD all day")
+    end: str | None
+    organizer: str | None
+    location: str
+    uid: str
+    attendees: list[AttendeeOut]
+
+
 class EmailOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -74,8 +93,13 @@ class EmailOut(BaseModel):
     size: int
     links: list[LinkOut]
     attachments: list[AttachmentOut]
+    forwarded_by: str | None = Field(description="a forward filed as its original: the user who forwarded it")
+    forward_note: str | None = Field(description="a forward filed as its original: what the user wrote above it")
+    invitation: InvitationOut | None = Field(description="the meeting invitation it carries")
     text_body: str | None = Field(None, description="on /emails/{id}, and in lists with include=bodies")
     html_body: str | None = Field(None, description="on /emails/{id}, and in lists with include=bodies")
+    new_text: str | None = Field(None, description="the text its author wrote: text_body without the quoted history "
+                                                   "and the signature; on /emails/{id}, and with include=bodies")
 
 
 class _Details:
@@ -185,7 +209,7 @@ async def list_emails(
     lead_id: int | None = Query(None, ge=1, le=MAX_ID, description="only emails filed under this lead"),
     record_id: int | None = Query(None, ge=1, le=MAX_ID, description="only emails filed under this record"),
     source: Literal["dropbox", "alias", "outbound"] | None = Query(None, description="how the mail came"),
-    include: Literal["bodies"] | None = Query(None, description="bodies: text_body and html_body in each item"),
+    include: Literal["bodies"] | None = Query(None, description="bodies: text_body, html_body and new_text in each item"),
     who: Principal = Depends(principal), ctx: ApiContext = Depends(context),
 ) -> Any:
     org = ctx.rules.orgs[who.org_id]

@@ -19,6 +19,7 @@ from gateway.api.auth import context, principal, writer
 from gateway.api.context import ApiContext
 from gateway.api.pagination import Page, PageParams, UpdatedSince, page, page_params, utc
 from gateway.api.problems import Problem, not_found
+from gateway.api.routes.emails import InvitationOut
 from gateway.rules.index import OrgEntry
 from gateway.store.tokens import Principal
 
@@ -45,6 +46,10 @@ class ConversationEmail(BaseModel):
     direction: str
     kind: str
     message_id: str | None
+    source: str = Field(description="dropbox | alias | relay (as stored)")
+    new_text: str = Field(description="the text its author wrote: quoted history and signature apart")
+    forwarded_by: str | None = Field(description="a forward filed as its original: the user who forwarded it")
+    invitation: InvitationOut | None = Field(description="the meeting invitation it carries")
 
 
 class StageHistoryEntry(BaseModel):
@@ -82,6 +87,9 @@ class Record(BaseModel):
     owner: str | None
     tags: list[str]
     contact: Contact | None
+    participants: list[str] = Field(description="who takes part: the external addresses of the conversation's "
+                                                "From, To and Cc, and every sender; their mail naming the record's "
+                                                "token joins it")
     created_at: str | None
     updated_at: str | None
     conversation: list[ConversationEmail] = Field(description="the record's emails in conversation order")
