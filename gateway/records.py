@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, Engine
 
+from gateway import sharing
 from gateway.errors import UserError
 from gateway.filing.threads import record_token
 from gateway.outcome import decision_from_json, decision_json
@@ -60,8 +61,12 @@ def show(engine: Engine, rules: RuleIndex, record_id: int) -> dict[str, Any] | N
         return show_on(conn, rules, record_id)
 
 
-def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | None = None) -> dict[str, Any] | None:
-    """What `gateway record show --json` prints (None: no such record, of ``org_id`` when given)."""
+def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | None = None,
+            viewer: int | None = None) -> dict[str, Any] | None:
+    """What `gateway record show --json` prints (None: no such record, of ``org_id`` when
+    given).  ``viewer``: a user's id (an API token bound to a user) -- the conversation
+    then leaves out the emails that user may not see (SPEC 2.12: a colleague's private
+    dropbox mail that started the record)."""
     row = store_records.with_pipeline(conn, record_id)
     if row is None or (org_id is not None and row.org_id != org_id):
         return None
@@ -72,6 +77,8 @@ def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | No
         contact = {"id": c.id, "email": c.email, "first_name": c.first_name, "last_name": c.last_name}
     ids = conversation_order(conn, [record_id]).get(record_id, [])
     by_id = store_emails.by_ids(conn, ids) if ids else {}
+    if viewer is not None:
+        ids = _seen_by(conn, rules, row.org_id, viewer, ids, by_id)
     conversation = [
         {
             "id": i, "date": ts(by_id[i].date), "sort_at": ts(by_id[i].sort_at), "from": by_id[i].from_address,
@@ -98,6 +105,19 @@ def show_on(conn: Connection, rules: RuleIndex, record_id: int, org_id: str | No
         "stage_history": stage_history(conn, [record_id]).get(record_id, []),
         "decisions": decisions,
     }
+
+
+def _seen_by(conn: Connection, rules: RuleIndex, org_id: str, viewer: int, ids: list[int],
+             by_id: Mapping[int, Any]) -> list[int]:
+    """The emails of ``ids`` the user ``viewer`` may see (gateway/sharing.py)."""
+    unsure = [i for i in ids if by_id[i].visibility != "public"]
+    customers: dict[int, list[str]] = {}
+    for link in store_emails.api_links(conn, org_id, unsure):
+        if link.address is not None:
+            customers.setdefault(link.email_id, []).append(link.address)
+    org = rules.orgs[org_id]
+    return [i for i in ids if i not in unsure or sharing.visible(org, viewer, by_id[i].filed_by_user_id,
+                                                                   by_id[i].visibility, customers.get(i, ()))]
 
 
 def render_show(shown: dict[str, Any]) -> str:

@@ -203,6 +203,14 @@ def test_customer_answering_a_bcc_mail_to_the_alias_starts_a_record_with_that_ma
     offer_id = shown["conversation"][0]["id"]
     thread = shown["decisions"][-1]["thread"]
     assert (thread["method"], thread["record_id"], thread["dropbox_email"]) == ("none", None, offer_id)
+    # hashimoto's sharing is private: a colleague's token sees the record without his mail.
+    with gw.api(gw.token(user=K)) as api:
+        seen = api.get(f"/records/{record['id']}").json()
+    assert [c["subject"] for c in seen["conversation"]] == ["Re: Our offer"]
+    assert [d["email_id"] for d in seen["decisions"]] == [seen["conversation"][0]["id"]]
+    with gw.api(gw.token(user=H)) as api:
+        seen = api.get(f"/records/{record['id']}").json()
+    assert [c["subject"] for c in seen["conversation"]] == ["Our offer", "Re: Our offer"]
     # A second answer to the same mail joins that record now.
     again = message(frm=CHARLES, to=SALES, subject="Re: Our offer", headers={"In-Reply-To": "<offer-1@zylker.example>"})
     assert gw.lmtp(CHARLES, [SALES], again).codes == [250]

@@ -160,7 +160,7 @@ async def list_records(
             summary="One record: conversation, stage history and filing decisions")
 async def get_record(record_id: RecordId, who: Principal = Depends(principal),
                      ctx: ApiContext = Depends(context)) -> Any:
-    shown = await ctx.read(records.show_on, ctx.rules, record_id, who.org_id)
+    shown = await ctx.read(records.show_on, ctx.rules, record_id, who.org_id, who.user_id)
     if shown is None:
         raise not_found(f"record {record_id}")
     return shown
@@ -179,7 +179,7 @@ async def patch_record(record_id: RecordId, change: RecordPatch, who: Principal 
         raise Problem(422, f"{exc.field}: {exc}", allowed=list(exc.allowed)) from None
     if changed is None:
         raise not_found(f"record {record_id}")
-    shown = await ctx.read(records.show_on, rules, record_id, who.org_id)
+    shown = await ctx.read(records.show_on, rules, record_id, who.org_id, who.user_id)
     if shown is None:  # cannot happen (records are never deleted), but never a 500
         raise not_found(f"record {record_id}")
     return shown
