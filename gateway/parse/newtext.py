@@ -185,16 +185,36 @@ def _split(text: str, head: str) -> TextSplit:
             end = above
     while end and not seen[end - 1]:
         end -= 1
+    begin = 0
     if not end:
-        return TextSplit("", marker)
+        # Bottom-posting: the quote comes first, the answer below its ">" lines.
+        below = _below_quote(seen, quote) if quote is not None else None
+        if below is None:
+            return TextSplit("", marker)
+        begin, end = below, len(seen)
+        while not seen[end - 1]:
+            end -= 1
 
-    region = seen[:end]
+    region = seen[begin:end]
     starts = [s for s in (_library_signature(region), _delimiter(region), _rule(region)) if s is not None]
-    last = where[end - 1] + 1
+    top, last = where[begin], where[end - 1] + 1
     if not starts:
-        return TextSplit("\n".join(lines[:last]).strip(), marker)
-    first = where[min(starts)]
-    return TextSplit("\n".join(lines[:first]).strip(), marker, "\n".join(lines[first:last]).strip())
+        return TextSplit("\n".join(lines[top:last]).strip(), marker)
+    first = where[begin + min(starts)]
+    return TextSplit("\n".join(lines[top:first]).strip(), marker, "\n".join(lines[first:last]).strip())
+
+
+def _below_quote(seen: list[str], quote: int) -> int | None:
+    """Where the answer of a bottom-posted reply starts: the first line after the last
+    ">" line of a quote at the top (None when nothing but blank lines follows, or the
+    quote has no ">" lines)."""
+    quoted = [i for i in range(quote, len(seen)) if seen[i].startswith(">")]
+    if not quoted:
+        return None
+    after = quoted[-1] + 1
+    while after < len(seen) and not seen[after]:
+        after += 1
+    return after if after < len(seen) else None
 
 
 def _seen_lines(lines: list[str]) -> tuple[list[str], list[int]]:

@@ -516,3 +516,17 @@ def test_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(newtext, "_message", broken)
     body = f"  Yes.\n\n{GMAIL_HEADER}\n> old\n"
     assert split(body) == TextSplit(body.strip())
+
+
+def test_bottom_posted_reply_keeps_the_answer_below_the_quote() -> None:
+    text = ("On Mon, Nov 30, 2026 at 10:00 AM Taro Hashimoto <hashimoto@zylker.example> wrote:\n"
+            "> Here is the quote.\n> Taro\n\nThanks, looks good.\n\n-- \nCharles\nZillum\n")
+    assert split(text) == TextSplit(
+        "Thanks, looks good.",
+        "On Mon, Nov 30, 2026 at 10:00 AM Taro Hashimoto <hashimoto@zylker.example> wrote:",
+        "-- \nCharles\nZillum")
+
+
+def test_a_quote_alone_has_no_new_text() -> None:
+    text = "On Mon, Nov 30, 2026 at 10:00 AM Taro <t@zylker.example> wrote:\n> Here is the quote.\n"
+    assert split(text) == TextSplit("", "On Mon, Nov 30, 2026 at 10:00 AM Taro <t@zylker.example> wrote:")
