@@ -44,14 +44,15 @@ RUN python3 -m venv /opt/venv
 
 # Dependencies first: this layer is reused while only the gateway's code changes.
 # The locked setuptools goes in first, on its own: it is the build backend of
-# dkimpy (published as source only) and of the gateway, and --no-build-isolation
-# keeps pip from fetching an unpinned one. Every other package must be a wheel.
+# dkimpy, quotequail and authres (published as source only) and of the gateway, and
+# --no-build-isolation keeps pip from fetching an unpinned one. Every other package
+# must be a wheel.
 COPY requirements.lock /tmp/build/
 RUN awk '/^setuptools==/ {p = 1} p {print} p && !/\\$/ {exit}' \
         /tmp/build/requirements.lock >/tmp/build/setuptools.lock \
  && /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/build/setuptools.lock \
  && /opt/venv/bin/pip install --require-hashes --no-build-isolation --use-pep517 \
-        --only-binary=:all: --no-binary=dkimpy -r /tmp/build/requirements.lock
+        --only-binary=:all: --no-binary=dkimpy,quotequail,authres -r /tmp/build/requirements.lock
 
 COPY pyproject.toml README.md LICENSE /tmp/build/
 COPY gateway /tmp/build/gateway
