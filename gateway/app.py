@@ -125,7 +125,7 @@ class App:
                                  big_in_memory=s.limits.big_messages_in_memory)
         self.deliveries = Deliveries(database, rules, self.pool, quarantine_after=s.limits.quarantine_after_attempts,
                                      writer=LoopWriter(database) if database.is_sqlite else None,
-                                     filing=self.filing or file)
+                                     filing=self.filing or file, trust=s.trust)
         # Events: sequenced and pruned by the outbox's task, sent to webhooks by the
         # sender process (started while the rules name an endpoint).
         self.sender = Sender(s)

@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager
 import sqlalchemy.exc
 from sqlalchemy import Connection
 
-from gateway import logs, metrics
+from gateway import logs, metrics, trust
 from gateway.errors import DeliveryFailure, PermanentFailure, TemporaryFailure
 from gateway.guard import database_failure, guarded
 from gateway.filing import file
@@ -24,7 +24,8 @@ from gateway.parse import parse_message
 from gateway.message import ParsedMessage
 from gateway.outcome import AliasDecision, DropboxDecision, Filing
 from gateway.replies import REPLIES, Reply
-from gateway.routing import AliasRoute, DropboxCandidate, Route, classify, dropbox_route
+from gateway.routing import AliasRoute, DropboxCandidate, DropboxRoute, Route, classify, dropbox_route
+from gateway.settings import Trust
 from gateway.rules.index import RuleIndex
 from gateway.store import dropboxes
 from gateway.store.db import Database, savepoint
@@ -47,7 +48,7 @@ class Deliveries:
     of the protocol sessions (gateway/smtp/sessions.py)."""
 
     def __init__(self, database: Database, rules: RuleIndex, pool: WorkerPool, quarantine_after: int = 5,
-                 writer: LoopWriter | None = None, filing: FilingFunction = file):
+                 writer: LoopWriter | None = None, filing: FilingFunction = file, trust: Trust | None = None):
         self.database = database
         self._rules = rules
         self.pool = pool
@@ -58,6 +59,10 @@ class Deliveries:
         self.changed: Callable[[], None] = lambda: None
         # What files one message for one route (the composition root may wrap it).
         self.filing = filing
+        # Whom we believe about a sender (gateway.toml [trust]); ``dns``: the resolver
+        # dkimpy uses (None: its own).
+        self.trust = trust or Trust()
+        self.dns: Callable[..., Any] | None = None
 
     @property
     def rules(self) -> RuleIndex:
@@ -88,13 +93,17 @@ class Deliveries:
         after the commit."""
         started = time.monotonic()
         big = len(raw) > BIG_MESSAGE_BYTES
+        # Our own DKIM check does DNS: in a worker, never in the loop's batch.
+        verify = self.trust.verify_dkim and any(
+            isinstance(r, DropboxRoute) and rules.orgs[r.org_id].dropbox_requires != "none" for r in routes)
         try:
             try:
-                if self.writer is None or len(raw) > INLINE_MAX_BYTES:
+                if self.writer is None or len(raw) > INLINE_MAX_BYTES or verify:
                     raise Busy()
                 parsed, outcomes = await self.writer.run(self._work_in_batch, rules, routes, raw, envelope_sender)
             except Busy:
-                parsed, outcomes = await self.pool.run(self._work, rules, routes, raw, envelope_sender, big=big)
+                parsed, outcomes = await self.pool.run(self._work, rules, routes, raw, envelope_sender, verify,
+                                                       big=big)
         except PermanentFailure as exc:
             log.info("message_unparseable", reason=exc.detail, size=len(raw))
             return [exc.reply] * len(routes)
@@ -103,24 +112,25 @@ class Deliveries:
             log.warning("recipient_decision", outcome="deferred", code=failure.reply.code,
                         status=failure.reply.status, reason=failure.detail, duration_ms=_ms(started))
             return [failure.reply] * len(routes)
-        if any(result is not None and result.result == "filed" for result, _ in outcomes):
+        if any(result is not None and result.result in ("filed", "held") for result, _ in outcomes):
             self.changed()  # committed: the outbox may tell the CRM
         replies = []
         for route, (result, error) in zip(routes, outcomes):
             replies.append(await self._reply(route, parsed, envelope_sender, result, error, started))
         return replies
 
-    def _work(self, rules: RuleIndex, routes: list[Route], raw: bytes,
-              envelope_sender: str) -> tuple[ParsedMessage, list[RouteResult]]:
-        """In a worker: parse, then file each route in its own transaction."""
-        parsed = _parse(raw)
+    def _work(self, rules: RuleIndex, routes: list[Route], raw: bytes, envelope_sender: str,
+              verify: bool = False) -> tuple[ParsedMessage, list[RouteResult]]:
+        """In a worker: parse (and with ``verify`` check DKIM signatures), then file each
+        route in its own transaction."""
+        parsed = trust.authenticate(_parse(raw), self.trust.authserv_ids, verify, self.dns)
         return parsed, self._file_each(self.database.write, rules, routes, parsed, envelope_sender)
 
     def _work_in_batch(self, conn: Connection, rules: RuleIndex, routes: list[Route], raw: bytes,
                        envelope_sender: str) -> tuple[ParsedMessage, list[RouteResult]]:
         """On the loop, in the writer's batch transaction: parse, then file each route
         in its own savepoint (committed with the batch)."""
-        parsed = _parse(raw)
+        parsed = trust.authenticate(_parse(raw), self.trust.authserv_ids)
         return parsed, self._file_each(lambda: savepoint(conn), rules, routes, parsed, envelope_sender)
 
     def _file_each(self, transaction: Callable[[], ContextManager[Connection]], rules: RuleIndex,
@@ -201,7 +211,8 @@ def _parse(raw: bytes) -> ParsedMessage:
 
 # The reply of each result (noise outside any thread is accepted and dropped, never
 # bounced: no backscatter).
-_REPLIES = {"filed": REPLIES.filed, "dropped": REPLIES.dropped, "duplicate": REPLIES.duplicate}
+_REPLIES = {"filed": REPLIES.filed, "dropped": REPLIES.dropped, "duplicate": REPLIES.duplicate,
+            "held": REPLIES.held}
 
 
 def reply_for(filing: Filing) -> Reply:
@@ -211,6 +222,10 @@ def reply_for(filing: Filing) -> Reply:
 def log_fields(filing: Filing) -> dict[str, Any]:
     """What the recipient_decision log line says of a filing beyond its result."""
     d = filing.decision
+    if filing.held:
+        hold = getattr(d, "held", None)
+        return {"review_id": filing.held_id, "held": hold.reason if hold else None,
+                "evidence": hold.evidence[:300] if hold else None}
     if not isinstance(d, AliasDecision):
         return {}
     if filing.dropped:
@@ -227,6 +242,10 @@ def _people(filing: Filing) -> list[tuple[str, int | None, str]]:
 def count_result(route: Route, result: Filing) -> None:
     """Metrics of what a filing created, how it threaded, whether it reopened."""
     if result.duplicate:
+        return
+    if result.held:
+        hold = getattr(result.decision, "held", None)
+        metrics.review_held.labels(reason=hold.reason if hold else "unknown").inc()
         return
     pipeline = route.alias.pipeline if isinstance(route, AliasRoute) else ""
     for kind in result.created():

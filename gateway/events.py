@@ -38,11 +38,12 @@ LEAD_CREATED = "lead.created"
 RELAY_FAILED = "relay.failed"
 QUOTA_EXHAUSTED = "quota.exhausted"
 MESSAGE_QUARANTINED = "message.quarantined"
+MESSAGE_HELD = "message.held"
 PING = "ping"
 TYPES = (EMAIL_FILED, RECORD_CREATED, RECORD_STAGE_CHANGED, CONTACT_CREATED, LEAD_CREATED, RELAY_FAILED,
-         QUOTA_EXHAUSTED, MESSAGE_QUARANTINED)
+         QUOTA_EXHAUSTED, MESSAGE_QUARANTINED, MESSAGE_HELD)
 EventType = Literal["email.filed", "record.created", "record.stage_changed", "contact.created", "lead.created",
-                    "relay.failed", "quota.exhausted", "message.quarantined"]
+                    "relay.failed", "quota.exhausted", "message.quarantined", "message.held"]
 PERSON_CREATED = {"contact": CONTACT_CREATED, "lead": LEAD_CREATED}
 
 
@@ -196,10 +197,24 @@ class MessageQuarantinedData(BaseModel):
     error: str
 
 
+class MessageHeldData(BaseModel):
+    """message.held"""
+
+    review_id: int = Field(description="its id in the review queue (GET /v1/review/{id}, `gateway review show`)")
+    route: str
+    recipient: str
+    envelope_sender: str
+    sender: str
+    subject: str
+    message_id: str | None
+    reason: str = Field(description="why it was held: authentication | ...")
+    evidence: str
+
+
 DATA_MODELS: dict[str, type[BaseModel]] = {
     EMAIL_FILED: EmailFiledData, RECORD_CREATED: RecordCreatedData, RECORD_STAGE_CHANGED: RecordStageChangedData,
     CONTACT_CREATED: PersonCreatedData, LEAD_CREATED: PersonCreatedData, RELAY_FAILED: RelayFailedData,
-    QUOTA_EXHAUSTED: QuotaExhaustedData, MESSAGE_QUARANTINED: MessageQuarantinedData,
+    QUOTA_EXHAUSTED: QuotaExhaustedData, MESSAGE_QUARANTINED: MessageQuarantinedData, MESSAGE_HELD: MessageHeldData,
 }
 
 
@@ -259,7 +274,14 @@ def message_quarantined(quarantine_id: int, route: str, recipient: str, envelope
 
 def for_filing(rules: RuleIndex, plan: Plan, parsed: ParsedMessage, filing: Filing) -> list[NewEvent]:
     """The events of a dropbox or alias filing (none for a duplicate or dropped mail):
-    people and record first, then the email that brought them."""
+    people and record first, then the email that brought them; message.held for mail
+    held for review."""
+    hold = getattr(plan, "hold", None)
+    if filing.held and hold is not None and filing.held_id is not None:
+        return [NewEvent(MESSAGE_HELD, {
+            "review_id": filing.held_id, "route": plan.route_key.partition(":")[0], "recipient": hold.route_ref,
+            "envelope_sender": hold.envelope_sender, "sender": plan.sender, "subject": parsed.subject,
+            "message_id": parsed.message_id, "reason": hold.reason, "evidence": hold.evidence[:1000]})]
     if filing.result != "filed" or filing.email is None or filing.at is None:
         return []
     org = rules.orgs[plan.org_id]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import filing
+from gateway import filing, trust
 from gateway.delivery import guarded, reply_for
 from gateway.errors import DeliveryFailure, MalformedMessage
 from gateway.message import ParsedMessage
@@ -20,17 +20,23 @@ from gateway.routing import DropboxCandidate, DropboxRoute, Route, classify, dro
 from gateway.rules.index import RuleIndex
 from gateway.outcome import Filing, decision_json
 from gateway.store import dropboxes
+from gateway.settings import Trust
 from gateway.store.db import Database
 
 
-def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str) -> dict[str, Any]:
+def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str,
+            trust_settings: Trust | None = None) -> dict[str, Any]:
     """`database`: one whose engine may run the filers' statements
-    (store.db.make_dry_run_engine); every transaction is rolled back here."""
+    (store.db.make_dry_run_engine); every transaction is rolled back here.
+    ``trust_settings``: gateway.toml's [trust] (whose Authentication-Results count; with
+    verify_dkim the signatures are checked here too, as a delivery would)."""
+    trust_settings = trust_settings or Trust()
     try:
         parsed = parse_message(raw)
     except MalformedMessage as exc:
         return {"message": {"parsed": False, "reason": exc.detail},
                 "recipients": [_entry(r, None, exc.reply, {}) for r in rcpts]}
+    parsed = trust.authenticate(parsed, trust_settings.authserv_ids, trust_settings.verify_dkim)
     out = []
     for rcpt in rcpts:
         if not serves_domain(rules, domain_of(normalise(rcpt))):
@@ -74,6 +80,7 @@ def understood(parsed: ParsedMessage) -> dict[str, Any]:
     split, the meeting invitation."""
     split = parsed.split
     out: dict[str, Any] = {
+        "authentication": trust.as_json(parsed.authentication),
         "new_text": {"chars": len(split.new_text), "of": len(parsed.text_body.strip()),
                      "quote_marker": split.quote_marker or None, "signature": split.signature or None},
         "forward": None,
@@ -128,6 +135,9 @@ def _entry(rcpt: str, route: Any, reply: Reply | None, decision: dict[str, Any])
 
 def _render_understood(u: dict[str, Any]) -> list[str]:
     lines = []
+    for r in u.get("authentication", []):
+        lines.append(f"authentication: {r['method']}={r['result']}" + (f" ({r['domain']})" if r["domain"] else "")
+                     + f" by {r['source']}")
     fw = u["forward"]
     if fw is not None:
         lines.append(f"forward: {fw['method']}, original from {fw['from'] or '?'}"
@@ -170,6 +180,12 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  organisation {r['org']}, alias {r['alias']} -> pipeline {r['pipeline']}")
         if "sender_check" in d:
             lines.append(f"  sender {d['sender']}: {d['sender_check']}; search {d['search']}, creates {d['creates']}")
+        if d.get("auth"):
+            a = d["auth"]
+            lines.append(f"  dropbox requires {a['requires']}: {'met' if a['met'] else 'NOT met'} ({a['reason']})")
+        if d.get("held"):
+            h = d["held"]
+            lines.append(f"  held for review ({h['reason']}): {h['evidence']}")
         if d.get("forward"):
             f = d["forward"]
             if f["filed"] == "original":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["Address", "AttachmentInfo", "Attendee", "Forwarded", "Invitation", "ParsedMessage", "TextSplit"]
+__all__ = ["Address", "AttachmentInfo", "Attendee", "AuthResult", "Forwarded", "Invitation", "ParsedMessage", "TextSplit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,17 @@ def _iso(value: datetime | date | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthResult:
+    """One authentication result about a received message (gateway/trust.py): from an
+    Authentication-Results header of the organisation's own MTA, or our own check."""
+
+    method: str  # dkim | spf | dmarc | arc ...
+    result: str  # pass | fail | softfail | neutral | none | temperror | permerror | policy ...
+    domain: str  # dkim header.d, spf smtp.mailfrom's domain, dmarc header.from ("" when none)
+    source: str  # the authserv-id it came from, or "dkimpy" for our own verification
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedMessage:
     raw: bytes  # as received, byte for byte
     # sha256 of the originator fields and the body (parse.DIGEST_FIELDS): with the
@@ -131,6 +142,9 @@ class ParsedMessage:
     forward: Forwarded | None = None
     # The first text/calendar part, read (gateway/parse/invitations.py).
     invitation: Invitation | None = None
+    # What the organisation's own MTA and our own checks say of its sender (issue 16;
+    # gateway/trust.py, filled in by delivery after parsing: the parser knows no settings).
+    authentication: tuple[AuthResult, ...] = ()
 
     @property
     def new_text(self) -> str:

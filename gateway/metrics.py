@@ -119,6 +119,17 @@ parse_anomalies = Counter("gateway_parse_anomalies_total",
                           ["kind"], registry=REGISTRY)
 for _kind in ("parts_skipped", "empty_body", "new_text_empty", "forward_unreadable"):
     parse_anomalies.labels(kind=_kind)
+review_held = Counter("gateway_review_held_total", "Messages held for review instead of filed, by reason",
+                      ["reason"], registry=REGISTRY)
+review_decisions = Counter("gateway_review_decisions_total", "Held messages decided, by decision (approved|rejected)",
+                           ["decision"], registry=REGISTRY)
+for _decision in ("approved", "rejected"):
+    review_decisions.labels(decision=_decision)
+review_pending = Gauge("gateway_review_pending", "Messages waiting for review, per organisation", ["org"],
+                       registry=REGISTRY)
+review_oldest_age = Gauge("gateway_review_oldest_pending_age_seconds",
+                          "Age of the oldest message waiting for review, per organisation", ["org"],
+                          registry=REGISTRY)
 events_sequenced = Counter("gateway_events_sequenced_total",
                            "Events put in their organisation's feed (GET /v1/events, webhooks)", registry=REGISTRY)
 events_pruned = Counter("gateway_events_pruned_total",

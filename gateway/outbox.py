@@ -1,6 +1,7 @@
 """The daemon's side of the outbox (issue 14): put committed events in their feed order
 (gateway/store/events.py ``sequence``), tell the webhook sender (gateway/sender.py)
-there are new ones, prune what is older than the retention.
+there are new ones, prune what is older than the retention (and the review queue's
+decided messages older than theirs).
 
 It runs as one task on the event loop (``Passes``); its database work runs in its
 own thread.  ``wake()`` (called after this process committed a change with events)
@@ -19,7 +20,7 @@ from gateway import logs, metrics
 from gateway.guard import guarded
 from gateway.errors import TemporaryFailure
 from gateway.settings import Settings
-from gateway.store import events as store_events
+from gateway.store import events as store_events, review as store_review
 from gateway.store.db import Database
 from gateway.store.sql import now
 
@@ -155,4 +156,9 @@ class Outbox:
         if total:
             metrics.events_pruned.inc(total)
             log.info("events_pruned", count=total, before=before.isoformat())
+        # The review queue's decided messages go after their own retention (issue 16).
+        decided = now() - timedelta(days=self.settings.review.retention_days)
+        pruned = self.database.writing(store_review.prune, decided)
+        if pruned:
+            log.info("review_pruned", count=pruned, decided_before=decided.isoformat())
         return total

@@ -22,7 +22,7 @@ from typing import Any, Literal, Mapping, Union
 
 Kind = Literal["lead", "contact"]
 Action = Literal["matched", "created", "joined"]
-Result = Literal["filed", "dropped", "duplicate"]
+Result = Literal["filed", "dropped", "duplicate", "held"]
 
 
 # --- the parts ------------------------------------------------------------------------
@@ -101,6 +101,30 @@ class ForwardSeen:
     original_date: str | None = None  # ISO 8601 UTC, as stored
 
 
+@dataclass(frozen=True)
+class AuthCheck:
+    """What dropbox mail had to show of its sender's authenticity (the organisation's
+    ``dropbox_requires``), whether it did, and the results used (issue 16)."""
+
+    requires: str  # none | dkim_or_spf | dmarc
+    met: bool
+    reason: str
+    # (method, result, domain, source) of each result read: gateway.message.AuthResult
+    results: tuple[tuple[str, str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Held for review instead of filed (issue 16): why, and what is needed to file it
+    later through the same code (gateway/review.py)."""
+
+    reason: str  # authentication | ...
+    evidence: str
+    route_ref: str  # the dropbox user's address or the alias address
+    envelope_sender: str
+    id: int | None = None  # the review queue's id, once stored
+
+
 # --- plans: what to do, before anything is written -------------------------------------
 
 
@@ -120,6 +144,8 @@ class DropboxPlan:
     # The user's sharing setting now (SPEC 2.12), kept with the email.
     visibility: str = "private"
     forward: ForwardSeen | None = None
+    auth: AuthCheck | None = None
+    hold: Hold | None = None
     # The message as filed when it is not the one delivered (a forward's original:
     # its sender, recipients, Date, Subject, Message-ID and text); None: as delivered.
     filed: Any = field(default=None, compare=False)
@@ -186,6 +212,8 @@ class DropboxDecision:
     customers: tuple[str, ...]
     people: tuple[Person, ...] = ()
     forward: ForwardSeen | None = None
+    auth: AuthCheck | None = None
+    held: Hold | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +272,7 @@ class Filing:
     result: Result
     decision: Decision | None  # None for a duplicate: nothing new was decided
     email_id: int | None = None
+    held_id: int | None = None  # held for review: its id in the queue (gateway/review.py)
     # What the commit wrote besides (for the events of the change, gateway/events.py):
     # its one time stamp, the emails row (with its id) and the email's links in the
     # order they were made.
@@ -260,6 +289,10 @@ class Filing:
     @property
     def dropped(self) -> bool:
         return self.result == "dropped"
+
+    @property
+    def held(self) -> bool:
+        return self.result == "held"
 
     def created(self) -> list[str]:
         """Kinds of thing this filing created (for the metrics): lead, contact, record."""
@@ -302,7 +335,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     the whole decision in the same transaction)."""
     if isinstance(plan, DropboxPlan):
         return _dropbox_json(DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers,
-                                             forward=plan.forward))
+                                             forward=plan.forward, auth=plan.auth))
     return {"route": "alias", "alias": plan.alias, "pipeline": plan.pipeline, "sender": plan.sender,
             "noise": str(plan.noise) if plan.noise else None}
 
@@ -333,7 +366,34 @@ def _dropbox_json(d: DropboxDecision) -> dict[str, Any]:
         f = d.forward
         out["forward"] = {"method": f.method, "filed": f.filed, "reason": f.reason,
                           "original_from": f.original_from, "original_date": f.original_date}
+    if d.auth is not None:
+        out["auth"] = _auth_json(d.auth)
+    if d.held is not None:
+        out["held"] = _held_json(d.held)
     return out
+
+
+def _auth_json(a: AuthCheck) -> dict[str, Any]:
+    return {"requires": a.requires, "met": a.met, "reason": a.reason,
+            "results": [{"method": m, "result": r, "domain": d, "source": s} for m, r, d, s in a.results]}
+
+
+def _auth_from(data: dict[str, Any] | None) -> AuthCheck | None:
+    if data is None:
+        return None
+    return AuthCheck(data["requires"], data["met"], data["reason"],
+                     tuple((r["method"], r["result"], r["domain"], r["source"]) for r in data["results"]))
+
+
+def _held_json(h: Hold) -> dict[str, Any]:
+    return {"id": h.id, "reason": h.reason, "evidence": h.evidence, "recipient": h.route_ref,
+            "envelope_sender": h.envelope_sender}
+
+
+def _held_from(data: dict[str, Any] | None) -> Hold | None:
+    if data is None:
+        return None
+    return Hold(data["reason"], data["evidence"], data["recipient"], data["envelope_sender"], data["id"])
 
 
 def _person_json(p: Person) -> dict[str, Any]:
@@ -397,7 +457,7 @@ def decision_from_json(data: dict[str, Any]) -> Decision:
                 data["user"], data["sender"], data["search"], data["creates"], tuple(data["customers"]),
                 tuple(Person(p["address"], p["kind"], p.get("id"), p["action"]) for p in data["people"]),
                 ForwardSeen(f["method"], f["filed"], f["reason"], f["original_from"], f["original_date"])
-                if f is not None else None)
+                if f is not None else None, _auth_from(data.get("auth")), _held_from(data.get("held")))
             if decision_json(dropbox) == data:
                 return dropbox
         if data.get("route") == "alias" and "outcome" in data:

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from gateway import metrics
 from gateway.store import db, health
-from gateway.store import quarantine as store_quarantine
+from gateway.store import quarantine as store_quarantine, review as store_review
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
@@ -75,6 +75,7 @@ class DatabaseProbe:
     """
 
     def __init__(self, database_url: str):
+        self._review_orgs: set[str] = set()  # organisations whose review gauges were set
         url = make_url(db.normalise_url(database_url))
         if url.get_backend_name() == "sqlite":
             path = url.database or ":memory:"
@@ -99,7 +100,27 @@ class DatabaseProbe:
         search_path) serves no delivery either."""
         with metrics.db_duration.labels(operation="probe").time(), self.engine.connect() as conn:
             health.ping(conn)
-            return store_quarantine.waiting_per_org(conn)
+            waiting = store_quarantine.waiting_per_org(conn)
+            self._review_gauges(store_review.pending_per_org(conn))
+            return waiting
+
+    def _review_gauges(self, pending: dict[str, tuple[int, Any]]) -> None:
+        """gateway_review_pending and the age of the oldest, per organisation (0 once
+        its queue is empty)."""
+        from datetime import timezone
+
+        from gateway.store.sql import now
+
+        at = now()
+        for org, (count, oldest) in pending.items():
+            if oldest.tzinfo is None:  # SQLite hands back naive UTC
+                oldest = oldest.replace(tzinfo=timezone.utc)
+            metrics.review_pending.labels(org=org).set(count)
+            metrics.review_oldest_age.labels(org=org).set(max((at - oldest).total_seconds(), 0.0))
+        for org in self._review_orgs - set(pending):
+            metrics.review_pending.labels(org=org).set(0)
+            metrics.review_oldest_age.labels(org=org).set(0)
+        self._review_orgs |= set(pending)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -15,20 +15,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from gateway import events
+from gateway import events, trust
 from gateway.errors import UserError
 from gateway.filing import file
 from gateway.parse import parse_message
 from gateway.message import ParsedMessage
-from gateway.routing import AliasRoute, DropboxRoute, Route
+from gateway.routing import Route, route_again, route_ref
 from gateway.rules.index import RuleIndex
+from gateway.settings import Trust
 from gateway.store import events as store_events, quarantine as store_quarantine
 from gateway.store.db import Database
 from gateway.store.deliveries import message_key
-
-
-def route_ref(route: Route) -> str:
-    return route.user.email if isinstance(route, DropboxRoute) else route.alias.address
 
 
 def count_failure(conn: Connection, org_id: str, route: str, parsed: ParsedMessage, error: str) -> int:
@@ -76,23 +73,20 @@ class ReplayError(UserError):
     pass
 
 
-def replay(database: Database, rules: RuleIndex, quarantine_id: int) -> dict[str, Any]:
-    """File a quarantined message through the normal filing code, with today's rules."""
+def replay(database: Database, rules: RuleIndex, quarantine_id: int,
+           trust_settings: Trust | None = None) -> dict[str, Any]:
+    """File a quarantined message through the normal filing code, with today's rules
+    (and gateway.toml's [trust], as a delivery would)."""
     row = database.reading(store_quarantine.get, quarantine_id)
     if row is None:
         raise ReplayError(f"no quarantined message {quarantine_id}")
     if row.replayed_at is not None:
         raise ReplayError(f"quarantined message {quarantine_id} was already replayed (email {row.replay_email_id})")
-    route: Route | None
-    if row.route.startswith("dropbox:"):
-        user = rules.user(row.org_id, row.route_ref)
-        route = DropboxRoute(row.org_id, user) if user and user.may_use_dropbox else None
-    else:
-        alias = rules.aliases.get(row.route_ref)
-        route = AliasRoute(row.org_id, alias) if alias and alias.org_id == row.org_id else None
+    route = route_again(rules, row.org_id, row.route, row.route_ref)
     if route is None:
         raise ReplayError(f"{row.route_ref} is no longer a route of {row.org_id}")
-    parsed = parse_message(row.content)
+    settings = trust_settings or Trust()
+    parsed = trust.authenticate(parse_message(row.content), settings.authserv_ids, settings.verify_dkim)
     with database.write() as conn:
         result = file(conn, rules, route, parsed, row.envelope_sender)
         email_id = result.email_id

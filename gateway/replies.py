@@ -52,6 +52,9 @@ class _Catalogue:
     # text; a NUL has truncated addresses in C-based software downstream).
     nul_in_command = Reply(501, "5.5.2", "Syntax error: NUL character in command")
     sender_not_allowed = Reply(550, "5.7.1", "Sender is not allowed to file to this address")
+    # Issue 16: the organisation's dropbox_requires was not met (and it refuses such mail).
+    sender_not_authenticated = Reply(550, "5.7.1", "Sender could not be authenticated")
+    held = Reply(250, "2.0.0", "Accepted, held for review")
     too_many_recipients = Reply(452, "4.5.3", "Too many recipients")
     too_big = Reply(552, "5.3.4", "Message too big for system")
     malformed = Reply(554, "5.6.0", "Message content could not be parsed")

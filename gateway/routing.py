@@ -84,5 +84,21 @@ def dropbox_route(index: RuleIndex, org_id: str, user_id: int | None) -> Dropbox
     return DropboxRoute(org_id, user)
 
 
+def route_ref(route: Route) -> str:
+    """What finds a route again later (a kept message's): the dropbox user's address or
+    the alias address."""
+    return route.user.email if isinstance(route, DropboxRoute) else route.alias.address
+
+
+def route_again(index: RuleIndex, org_id: str, route_key: str, ref: str) -> Route | None:
+    """The route of a message kept for later (quarantine, review queue), in today's
+    rules: None when its user may no longer use a dropbox or its alias is gone."""
+    if route_key.startswith("dropbox:"):
+        user = index.user(org_id, ref)
+        return DropboxRoute(org_id, user) if user and user.may_use_dropbox else None
+    alias = index.aliases.get(ref)
+    return AliasRoute(org_id, alias) if alias and alias.org_id == org_id else None
+
+
 def dropbox_address(token: str, gateway_domain: str) -> str:
     return f"{DROPBOX_PREFIX}{token}@{gateway_domain}"

@@ -171,6 +171,33 @@ class Webhooks(_Strict):
         return value
 
 
+class Trust(_Strict):
+    """Whom the gateway believes about a received message's sender (issue 16)."""
+
+    # The authserv-ids of the organisation's own MTA: only Authentication-Results
+    # headers naming one of these are read (anyone upstream can add the others).
+    authserv_ids: list[str] = Field(default_factory=list, max_length=20)
+    # Verify DKIM signatures ourselves too (dkimpy; a DNS lookup per signature, in a
+    # worker thread).
+    verify_dkim: bool = False
+
+    @field_validator("authserv_ids")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        ids = [v.strip().lower() for v in value]
+        if any(not v or any(c.isspace() or c in ";()" for c in v) for v in ids):
+            raise ValueError("an authserv-id is one token, as the MTA writes it first in Authentication-Results "
+                             "(e.g. mx.zylker.example)")
+        return ids
+
+
+class Review(_Strict):
+    """The review queue: mail held instead of filed (issue 16)."""
+
+    # Approved and rejected messages are deleted this long after the decision.
+    retention_days: float = Field(30.0, gt=0, le=3650)
+
+
 class Settings(_Strict):
     server: Server = Server()
     listeners: Listeners = Listeners()
@@ -183,6 +210,8 @@ class Settings(_Strict):
     postfix: Postfix = Postfix()
     events: Events = Events()
     webhooks: Webhooks = Webhooks()
+    trust: Trust = Trust()
+    review: Review = Review()
 
     # Filled in by load(): where the file was, for resolving relative paths.
     base_dir: Path = Path(".")

@@ -9,6 +9,7 @@ that does the work, and prints what that module renders (text, or ``--json``):
     sending.py     dkim keygen|dns, quota status, passwd
     explain.py     explain
     quarantine.py  quarantine list|replay
+    review.py      review list|show|approve|reject
     tokens.py      token create|list|revoke (the HTTP API's bearer tokens)
     imports.py     import contacts|leads (CSV or JSON lines, the API's import core)
     webhooks.py    webhooks list|retry|test (the rules' [[webhooks]] and their deliveries)
@@ -18,7 +19,7 @@ Each contributes its commands through ``PARSERS`` (command name -> function addi
 parser); build_parser() adds them in the order `gateway --help` has always listed them.
 
 Commands that only look -- export, record show, quota status, email raw, email attachment, explain,
-check, quarantine list -- open the database read-only (store.db.make_readonly_engine):
+check, quarantine list, review list|show -- open the database read-only (store.db.make_readonly_engine):
 they never migrate the schema and never write the rules into the database (issue 11:
 `gateway export -c other.toml` used to deactivate the organisations other.toml lacks).
 Only serve, db upgrade, reload and the commands that exist to change something write.
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from gateway import __version__
-from gateway.cli import dropbox, explain, imports, quarantine, records, sending, serve, tokens, webhooks
+from gateway.cli import dropbox, explain, imports, quarantine, records, review, sending, serve, tokens, webhooks
 from gateway.cli.common import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from gateway.errors import ConfigError, UserError
 
@@ -58,13 +59,13 @@ __all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 # The order `gateway --help` lists the commands in.
 _ORDER = ("serve", "check", "db", "dropbox", "record", "dkim", "quota", "reload", "explain", "postfix-maps",
-          "quarantine", "passwd", "export", "email", "token", "import",
+          "quarantine", "review", "passwd", "export", "email", "token", "import",
           "webhooks")
 
 
 def _parsers() -> dict[str, AddParser]:
     found: dict[str, AddParser] = {}
-    for module in (serve, dropbox, records, sending, explain, quarantine, tokens, imports, webhooks):
+    for module in (serve, dropbox, records, sending, explain, quarantine, review, tokens, imports, webhooks):
         found.update(module.PARSERS)
     assert set(found) == set(_ORDER), set(found) ^ set(_ORDER)
     return found

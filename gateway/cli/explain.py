@@ -37,7 +37,7 @@ def _explain(args: argparse.Namespace) -> int:
     database = db.Database(db.make_dry_run_engine(s.database_url, s.database.timeout_seconds),
                            s.database.timeout_seconds)
     try:
-        report = explain(database, bound.index, raw, args.rcpt, args.sender or "")
+        report = explain(database, bound.index, raw, args.rcpt, args.sender or "", s.trust)
     finally:
         database.dispose()
     if args.json:

@@ -26,8 +26,8 @@ def _quarantine(args: argparse.Namespace) -> int:
         else:
             print(quarantine.render_listing(rows))
         return EXIT_OK
-    _, database, index = open_readwrite(args)
-    result = quarantine.replay(database, index, args.id)
+    s, database, index = open_readwrite(args)
+    result = quarantine.replay(database, index, args.id, s.trust)
     if args.json:
         print_json(result)
     else:

@@ -9,7 +9,8 @@ The plans and outcomes, typed and immutable, are in gateway/outcome.py.
 - alias.py     SPEC 3: pipeline aliases (thread, new record, reopen, noise dropped)
 - threads.py   thread matching (In-Reply-To, References, record tokens); the token format
 - noise.py     auto-replies, bounces, loops
-- people.py    the sender, the customers, names for a new contact
+- people.py    the sender, the customers, participants, names for a new contact
+- policies.py  what holds a plan for review or refuses it (issue 16)
 
 The caller owns the transaction and passes its connection: a worker's own
 transaction, a savepoint in the SQLite loop writer's batch, or one that `gateway
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection
 
 from gateway import events
-from gateway.filing import alias, dropbox
+from gateway.filing import alias, dropbox, policies
 from gateway.outcome import Filing, Plan
 from gateway.message import ParsedMessage
 from gateway.routing import AliasRoute, DropboxRoute, Route
@@ -46,10 +47,16 @@ def plan(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage
     return PLANNERS[type(route)](conn, rules, route, parsed, envelope_sender)
 
 
-def file(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str) -> Filing:
+def file(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str, *,
+         approved: int | None = None) -> Filing:
     """Plan, then commit, on ``conn`` (the caller's transaction), with the events that
-    tell the CRM about it (gateway/events.py) in the same transaction."""
+    tell the CRM about it (gateway/events.py) in the same transaction.  The policies
+    (gateway/filing/policies.py) may hold the plan for review or refuse it -- except
+    for a held message a reviewer approved: ``approved`` is its delivery's id, whose
+    idempotency key the hold took already (gateway/review.py)."""
     planned = plan(conn, rules, route, parsed, envelope_sender)
-    filing = store_filing.commit(conn, parsed, planned)
+    if approved is None:
+        planned = policies.apply(rules, parsed, planned, envelope_sender)
+    filing = store_filing.commit(conn, parsed, planned, delivery_id=approved)
     store_events.append(conn, planned.org_id, events.for_filing(rules, planned, parsed, filing))
     return filing

@@ -130,6 +130,10 @@ class OrgEntry:
     users_by_id: Mapping[int, UserEntry] = field(default_factory=dict)
     # Issue 14: where the organisation's events are POSTed, in the file's order.
     webhooks: tuple[WebhookEntry, ...] = ()
+    # Issue 16: what dropbox mail must show of its sender's authenticity, and what
+    # happens to mail that does not (refuse | review).
+    dropbox_requires: str = "none"
+    dropbox_on_fail: str = "refuse"
 
     @property
     def active_users(self) -> int:
@@ -250,6 +254,8 @@ def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = (
             addresses=frozenset(o.addresses),
             dkim=MappingProxyType(dkim),
             sharing_excluded_domains=frozenset(o.sharing_excluded_domains),
+            dropbox_requires=o.dropbox_requires,
+            dropbox_on_fail=o.dropbox_on_fail,
             webhooks=tuple(
                 WebhookEntry(w.url, frozenset(w.events) if w.events is not None else None, w.secret_env,
                              (path.parent / w.secret_file).resolve() if w.secret_file else None)

@@ -258,6 +258,13 @@ class Organisation(_Strict):
     # SPEC 2.12: mail with a customer at one of these domains is seen by its filer only,
     # whatever the filer's sharing setting.
     sharing_excluded_domains: list[str] = Field(default_factory=list, max_length=100)
+    # Issue 16: what dropbox mail must show of its sender's authenticity -- the results
+    # of the organisation's own MTA (Authentication-Results of gateway.toml's [trust]
+    # authserv_ids) or of our own DKIM check: nothing, a DKIM or SPF pass aligned with
+    # the From domain, or a DMARC pass.  Mail that fails is refused (550 5.7.1) or held
+    # for review (`gateway review`).
+    dropbox_requires: Literal["none", "dkim_or_spf", "dmarc"] = "none"
+    dropbox_on_fail: Literal["refuse", "review"] = "refuse"
 
     @field_validator("record_token")
     @classmethod

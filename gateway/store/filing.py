@@ -32,16 +32,21 @@ from gateway.outcome import (
     plan_json,
 )
 from gateway.message import ParsedMessage
-from gateway.store import deliveries, emails, people, records
+from gateway.store import deliveries, emails, people, records, review
 from gateway.store.sql import now
 
 
-def commit(conn: Connection, parsed: ParsedMessage, plan: Plan) -> Filing:
-    """Write what ``plan`` decided, exactly once per (organisation, route, message)."""
-    delivery_id = deliveries.claim(conn, plan.org_id, plan.route_key, parsed, plan_json(plan))
+def commit(conn: Connection, parsed: ParsedMessage, plan: Plan, *, delivery_id: int | None = None) -> Filing:
+    """Write what ``plan`` decided, exactly once per (organisation, route, message).
+    ``delivery_id``: the delivery of a held message being approved (its key is claimed
+    already, by the hold)."""
     if delivery_id is None:
-        return Filing("duplicate", None)
+        delivery_id = deliveries.claim(conn, plan.org_id, plan.route_key, parsed, plan_json(plan))
+        if delivery_id is None:
+            return Filing("duplicate", None)
     w = _Writer(conn, plan.org_id, now())
+    if isinstance(plan, DropboxPlan) and plan.hold is not None:
+        return _held(w, parsed, plan, delivery_id)
     filing = _dropbox(w, parsed, plan) if isinstance(plan, DropboxPlan) else _alias(w, parsed, plan)
     assert filing.decision is not None
     doc = decision_json(filing.decision)
@@ -88,8 +93,22 @@ def _dropbox(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan) -> Filing:
         assert person.id is not None
         w.link(email_id, person.kind, person.id)
     decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, tuple(found),
-                               plan.forward)
+                               plan.forward, plan.auth)
     return Filing("filed", decision, email_id)
+
+
+def _held(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan, delivery_id: int) -> Filing:
+    """Keep the message for review (gateway/review.py): nothing is filed, the decision
+    says why it was held, and the delivery's key stays taken (a repeat is a duplicate)."""
+    assert plan.hold is not None
+    hold = plan.hold
+    held_id = review.hold(w.conn, plan.org_id, plan.route_key, hold.route_ref, delivery_id, hold.envelope_sender,
+                          plan.sender, parsed, hold.reason, hold.evidence, w.at)
+    decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, (), plan.forward,
+                               plan.auth, replace(hold, id=held_id))
+    doc = decision_json(decision)
+    deliveries.finish(w.conn, delivery_id, None, doc)
+    return Filing("held", decision, None, held_id=held_id, at=w.at, decision_doc=doc)
 
 
 def _alias(w: _Writer, parsed: ParsedMessage, plan: AliasPlan) -> Filing:

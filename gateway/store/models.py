@@ -290,6 +290,38 @@ class Quarantined(Base):
     replay_email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)
 
 
+class HeldMessage(Base):
+    """A message held for review instead of filed (issue 16): kept whole with its route,
+    answered 250, filed when a reviewer approves it (through the same filing code, on
+    the delivery's own idempotency key) or kept as rejected; both are pruned after
+    [review] retention_days."""
+
+    __tablename__ = "review_queue"
+    __table_args__ = (
+        UniqueConstraint("delivery_id"),
+        Index("ix_review_queue_org_id_status", "org_id", "status", "id"),
+    )
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    route: Mapped[str] = mapped_column(String(100))
+    # The dropbox user's e-mail or the alias address: how to find the route again.
+    route_ref: Mapped[str] = mapped_column(String(320))
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"))
+    envelope_sender: Mapped[str] = mapped_column(String(320))
+    sender: Mapped[str] = mapped_column(String(320))  # the From address, for the listing
+    subject: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(String(32))  # authentication | ...
+    evidence: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(10))  # pending | approved | rejected
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    decision_note: Mapped[str | None] = mapped_column(Text, nullable=True)  # a rejection's reason
+    email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)  # what approval filed
+
+
 class Delivery(Base):
     """One accepted delivery to one route: the idempotency key and why it went so.
 
