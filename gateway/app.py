@@ -16,6 +16,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import Engine
 from gateway import logs, metrics
 from gateway.delivery import Deliveries, FilingFunction
 from gateway.filing import file
+from gateway.filing.policies import Limits
 from gateway.outbox import Outbox
 from gateway.sender import Sender
 from gateway.errors import ConfigError
@@ -125,7 +127,7 @@ class App:
                                  big_in_memory=s.limits.big_messages_in_memory)
         self.deliveries = Deliveries(database, rules, self.pool, quarantine_after=s.limits.quarantine_after_attempts,
                                      writer=LoopWriter(database) if database.is_sqlite else None,
-                                     filing=self.filing or file, trust=s.trust)
+                                     filing=self.filing or partial(file, limits=Limits.of(s)), trust=s.trust)
         # Events: sequenced and pruned by the outbox's task, sent to webhooks by the
         # sender process (started while the rules name an endpoint).
         self.sender = Sender(s)

@@ -12,6 +12,7 @@ from typing import Any
 from gateway import filing, trust
 from gateway.delivery import guarded, reply_for
 from gateway.errors import DeliveryFailure, MalformedMessage
+from gateway.filing.policies import Limits
 from gateway.message import ParsedMessage
 from gateway.parse import parse_message
 from gateway.replies import REPLIES, Reply
@@ -25,7 +26,7 @@ from gateway.store.db import Database
 
 
 def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str,
-            trust_settings: Trust | None = None) -> dict[str, Any]:
+            trust_settings: Trust | None = None, limits: Limits = Limits()) -> dict[str, Any]:
     """`database`: one whose engine may run the filers' statements
     (store.db.make_dry_run_engine); every transaction is rolled back here.
     ``trust_settings``: gateway.toml's [trust] (whose Authentication-Results count; with
@@ -59,7 +60,8 @@ def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], 
                                                             "adds it when it loads these rules (start or reload)"}))
             continue
         try:
-            result = guarded(_file_rolled_back, f"file_{route.kind}")(database, rules, route, parsed, envelope_sender)
+            result = guarded(_file_rolled_back, f"file_{route.kind}")(database, rules, route, parsed, envelope_sender,
+                                                                    limits)
         except DeliveryFailure as exc:
             out.append(_entry(rcpt, route, exc.reply, {"reason": exc.detail}))
             continue
@@ -105,10 +107,10 @@ def _route(database: Database, rules: RuleIndex, address: str) -> Route | None:
 
 
 def _file_rolled_back(database: Database, rules: RuleIndex, route: Route, parsed: Any,
-                      envelope_sender: str) -> Filing:
+                      envelope_sender: str, limits: Limits) -> Filing:
     """The real filing, in a transaction that is rolled back."""
     with database.rolled_back() as conn:
-        return filing.file(conn, rules, route, parsed, envelope_sender)
+        return filing.file(conn, rules, route, parsed, envelope_sender, limits=limits)
 
 
 def _not_in_database(rules: RuleIndex, route: Any) -> str | None:
@@ -186,6 +188,8 @@ def render(report: dict[str, Any]) -> str:
         if d.get("held"):
             h = d["held"]
             lines.append(f"  held for review ({h['reason']}): {h['evidence']}")
+        if d.get("spam"):
+            lines.append(f"  spam verdict: {d['spam']} (a reply: filed all the same)")
         if d.get("forward"):
             f = d["forward"]
             if f["filed"] == "original":

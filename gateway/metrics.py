@@ -121,6 +121,9 @@ for _kind in ("parts_skipped", "empty_body", "new_text_empty", "forward_unreadab
     parse_anomalies.labels(kind=_kind)
 review_held = Counter("gateway_review_held_total", "Messages held for review instead of filed, by reason",
                       ["reason"], registry=REGISTRY)
+review_capped = Counter("gateway_review_capped_total",
+                        "Alias mail held because its sender opened more new records than [limits] "
+                        "new_records_per_sender within the window", registry=REGISTRY)
 review_decisions = Counter("gateway_review_decisions_total", "Held messages decided, by decision (approved|rejected)",
                            ["decision"], registry=REGISTRY)
 for _decision in ("approved", "rejected"):

@@ -195,6 +195,10 @@ class AliasPlan:
     noise: Noise | None
     thread: ThreadMatch
     action: JoinRecord | NewRecord | DropNoise
+    # Issue 16 (gateway/filing/policies.py): held for review instead of filed; the MTA's
+    # spam verdict on a reply that is filed all the same ("" when none).
+    hold: Hold | None = None
+    spam: str = ""
 
 
 Plan = Union[DropboxPlan, AliasPlan]
@@ -223,13 +227,15 @@ class AliasDecision:
     sender: str
     noise: Noise | None
     thread: ThreadMatch
-    outcome: Literal["filed", "dropped"]
+    outcome: Literal["filed", "dropped", "held"]
     record: Touched | None = None
     # Present for a new record only (None: the sender is not an address).
     contact: Touched | None = None
     stage_change: StageChange | None = None
     new_record: bool = False
     participants: tuple[str, ...] = ()  # the addresses this mail made participants
+    held: Hold | None = None
+    spam: str = ""  # the MTA's spam verdict on a reply filed all the same
 
 
 @dataclass(frozen=True)
@@ -430,6 +436,10 @@ def _stage_json(c: StageChange | None) -> dict[str, Any] | None:
 def _alias_json(d: AliasDecision) -> dict[str, Any]:
     out: dict[str, Any] = {"route": "alias", "alias": d.alias, "pipeline": d.pipeline, "sender": d.sender,
                            "noise": str(d.noise) if d.noise else None, "thread": _thread_json(d.thread)}
+    if d.outcome == "held":
+        out["outcome"] = "held"
+        out["held"] = _held_json(d.held) if d.held is not None else None
+        return out
     if d.outcome == "dropped":
         out["outcome"] = "dropped"
         return out
@@ -444,6 +454,10 @@ def _alias_json(d: AliasDecision) -> dict[str, Any]:
         out["stage_change"] = _stage_json(d.stage_change)
     if d.participants:  # only then: the decisions stored before keep their shape
         out["participants"] = list(d.participants)
+    if d.held is not None:
+        out["held"] = _held_json(d.held)
+    if d.spam:
+        out["spam"] = d.spam
     return out
 
 
@@ -473,6 +487,7 @@ def decision_from_json(data: dict[str, Any]) -> Decision:
                 record=_touched_from(data.get("record")), contact=_touched_from(data.get("contact")),
                 stage_change=StageChange(change["from"], change["to"], change["cause"]) if change else None,
                 new_record="contact" in data, participants=tuple(data.get("participants", ())),
+                held=_held_from(data.get("held")), spam=data.get("spam", ""),
             )
             if _alias_json(decision) == data:
                 return decision

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine
 from gateway import events, trust
 from gateway.errors import UserError
 from gateway.filing import file
+from gateway.filing.policies import Limits
 from gateway.parse import parse_message
 from gateway.message import ParsedMessage
 from gateway.routing import Route, route_again, route_ref
@@ -74,7 +75,7 @@ class ReplayError(UserError):
 
 
 def replay(database: Database, rules: RuleIndex, quarantine_id: int,
-           trust_settings: Trust | None = None) -> dict[str, Any]:
+           trust_settings: Trust | None = None, limits: Limits = Limits()) -> dict[str, Any]:
     """File a quarantined message through the normal filing code, with today's rules
     (and gateway.toml's [trust], as a delivery would)."""
     row = database.reading(store_quarantine.get, quarantine_id)
@@ -88,7 +89,7 @@ def replay(database: Database, rules: RuleIndex, quarantine_id: int,
     settings = trust_settings or Trust()
     parsed = trust.authenticate(parse_message(row.content), settings.authserv_ids, settings.verify_dkim)
     with database.write() as conn:
-        result = file(conn, rules, route, parsed, row.envelope_sender)
+        result = file(conn, rules, route, parsed, row.envelope_sender, limits=limits)
         email_id = result.email_id
         store_quarantine.mark_replayed(conn, quarantine_id, email_id)
     return {"id": quarantine_id, "email_id": email_id, "duplicate": result.duplicate, "dropped": result.dropped}

@@ -164,6 +164,8 @@ def render_show(shown: dict[str, Any]) -> str:
             parts.append(f"contact {d['contact']['action']}")
         if d.get("noise"):
             parts.append(f"noise={d['noise']}")
+        if d.get("spam"):
+            parts.append(f"SPAM per the MTA ({d['spam']})")
         if change:
             parts.append(f"stage {change['from'] or '-'} -> {change['to']}")
         if d.get("token_added"):

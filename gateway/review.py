@@ -80,20 +80,26 @@ def approve(database: Database, rules: RuleIndex, held_id: int, by: str, org_id:
     """File a held message now, through the delivery's filing code; idempotent (a
     message approved before answers what it filed then)."""
     with database.write() as conn:
-        row = store_review.get(conn, held_id, org_id, lock=True)
-        if row is None:
-            raise ReviewError(f"no held message {held_id}", 404)
-        if row.status == store_review.APPROVED:
-            return {"id": held_id, "status": row.status, "email_id": row.email_id, "result": "approved before"}
-        if row.status != store_review.PENDING:
-            raise ReviewError(f"held message {held_id} was {row.status} by {row.decided_by} at {ts(row.decided_at)}")
-        route = route_again(rules, row.org_id, row.route, row.route_ref)
-        if route is None:
-            raise ReviewError(f"{row.route_ref} is no longer a route of {row.org_id}: reject held message {held_id}")
-        result = file(conn, rules, route, parse_message(row.content), row.envelope_sender, approved=row.delivery_id)
-        if not store_review.decide(conn, held_id, store_review.APPROVED, by, email_id=result.email_id):
-            raise ReviewError(f"held message {held_id} was decided meanwhile")  # rolls the filing back
-    metrics.review_decisions.labels(decision="approved").inc()
+        done = approve_on(conn, rules, held_id, by, org_id)
+    decided(done)
+    return done
+
+
+def approve_on(conn: Connection, rules: RuleIndex, held_id: int, by: str, org_id: str | None = None) -> dict[str, Any]:
+    """approve() in the caller's transaction (the API's)."""
+    row = store_review.get(conn, held_id, org_id, lock=True)
+    if row is None:
+        raise ReviewError(f"no held message {held_id}", 404)
+    if row.status == store_review.APPROVED:
+        return {"id": held_id, "status": row.status, "email_id": row.email_id, "result": "approved before"}
+    if row.status != store_review.PENDING:
+        raise ReviewError(f"held message {held_id} was {row.status} by {row.decided_by} at {ts(row.decided_at)}")
+    route = route_again(rules, row.org_id, row.route, row.route_ref)
+    if route is None:
+        raise ReviewError(f"{row.route_ref} is no longer a route of {row.org_id}: reject held message {held_id}")
+    result = file(conn, rules, route, parse_message(row.content), row.envelope_sender, approved=row.delivery_id)
+    if not store_review.decide(conn, held_id, store_review.APPROVED, by, email_id=result.email_id):
+        raise ReviewError(f"held message {held_id} was decided meanwhile")  # rolls the filing back
     return {"id": held_id, "status": store_review.APPROVED, "email_id": result.email_id, "result": result.result}
 
 
@@ -101,17 +107,36 @@ def reject(database: Database, held_id: int, by: str, reason: str | None = None,
            org_id: str | None = None) -> dict[str, Any]:
     """Keep a held message unfiled (until the retention prunes it); idempotent."""
     with database.write() as conn:
-        row = store_review.get(conn, held_id, org_id, lock=True)
-        if row is None:
-            raise ReviewError(f"no held message {held_id}", 404)
-        if row.status == store_review.REJECTED:
-            return {"id": held_id, "status": row.status, "email_id": None, "result": "rejected before"}
-        if row.status != store_review.PENDING:
-            raise ReviewError(f"held message {held_id} was {row.status} by {row.decided_by} at {ts(row.decided_at)}")
-        if not store_review.decide(conn, held_id, store_review.REJECTED, by, note=reason):
-            raise ReviewError(f"held message {held_id} was decided meanwhile")
-    metrics.review_decisions.labels(decision="rejected").inc()
+        done = reject_on(conn, held_id, by, reason, org_id)
+    decided(done)
+    return done
+
+
+def reject_on(conn: Connection, held_id: int, by: str, reason: str | None = None,
+              org_id: str | None = None) -> dict[str, Any]:
+    """reject() in the caller's transaction (the API's)."""
+    row = store_review.get(conn, held_id, org_id, lock=True)
+    if row is None:
+        raise ReviewError(f"no held message {held_id}", 404)
+    if row.status == store_review.REJECTED:
+        return {"id": held_id, "status": row.status, "email_id": None, "result": "rejected before"}
+    if row.status != store_review.PENDING:
+        raise ReviewError(f"held message {held_id} was {row.status} by {row.decided_by} at {ts(row.decided_at)}")
+    if not store_review.decide(conn, held_id, store_review.REJECTED, by, note=reason):
+        raise ReviewError(f"held message {held_id} was decided meanwhile")
     return {"id": held_id, "status": store_review.REJECTED, "email_id": None, "result": "rejected"}
+
+
+def decided(done: dict[str, Any]) -> None:
+    """Count a decision once it is committed (not a repeat of an earlier one)."""
+    if not done["result"].endswith(" before"):
+        metrics.review_decisions.labels(decision=done["status"]).inc()
+
+
+def page_on(conn: Connection, org_id: str, status: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` held messages of ``org_id`` after the id ``after`` (in ``status``
+    when given), by id."""
+    return [_view(r) for r in store_review.listing(conn, org_id, status, after=after, limit=limit)]
 
 
 def render_listing(rows: list[dict[str, Any]]) -> str:

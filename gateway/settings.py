@@ -96,6 +96,20 @@ class Limits(_Strict):
     shutdown_grace_seconds: float = Field(30.0, ge=0, le=3600)
     # Rule files are checked for changes this often (then reloaded, debounced).
     rules_poll_seconds: float = Field(1.0, ge=0, le=3600)
+    # Issue 16, a loop and flood guard: per organisation, at most this many new records
+    # from one sender address per window (counted in the database, so several
+    # instances agree); beyond it the mail is held for review, never dropped.  0: off.
+    new_records_per_sender: int = Field(20, ge=0, le=100000)
+    new_records_window_minutes: float = Field(60.0, gt=0, le=10080)
+    # Senders the cap does not apply to: addresses or domains (a monitoring system...).
+    new_records_exempt: list[str] = Field(default_factory=list, max_length=1000)
+
+    @field_validator("new_records_exempt")
+    @classmethod
+    def _exempt(cls, value: list[str]) -> list[str]:
+        from gateway.addresses import normalise, normalise_domain
+
+        return [normalise(v) if "@" in v else normalise_domain(v) for v in value]
 
 
 class Submission(_Strict):
@@ -180,6 +194,10 @@ class Trust(_Strict):
     # Verify DKIM signatures ourselves too (dkimpy; a DNS lookup per signature, in a
     # worker thread).
     verify_dkim: bool = False
+    # Alias mail the MTA's filter scored above this (X-Spam-Score, X-Spamd-Result ...)
+    # that would open a new record is held for review; replies are filed and flagged.
+    # X-Spam-Flag: YES always counts.  None: scores alone never hold.
+    spam_score_review: float | None = Field(None, ge=-1000, le=1000)
 
     @field_validator("authserv_ids")
     @classmethod

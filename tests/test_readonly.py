@@ -1,7 +1,7 @@
 """Commands that only look never write (issue 11).
 
 `export`, `record show`, `quota status`, `email raw`, `explain`, `check` and
-`quarantine list` run as real CLI processes against a database the real daemon
+`quarantine list`, `review list` run as real CLI processes against a database the real daemon
 filed mail into; afterwards every row is as it was (both backends) and, on SQLite,
 the database file is byte for byte the same -- also with a rules folder that lacks
 an organisation the database has (which the old code marked inactive), and for
@@ -146,6 +146,7 @@ def read_only_commands(f: dict[str, Any], eml: Path) -> list[tuple[str, ...]]:
          "--rcpt", "help@in.lumen.example"),
         ("check",),
         ("quarantine", "list"),
+        ("review", "list", "--all"),
     ]
 
 

@@ -33,20 +33,21 @@ class ProblemDocument(BaseModel):
     detail: str
 
 
-def _documented(status: int, description: str) -> dict[str, Any]:
+def documented(description: str) -> dict[str, Any]:
+    """An error answer of an operation, in the OpenAPI document: a problem document."""
     return {"description": description,
             "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}}}
 
 
 # What any /v1 operation may answer besides its own responses (in the OpenAPI document).
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: _documented(400, "the body is not well-formed JSON"),
-    401: _documented(401, "no, unknown or revoked bearer token"),
-    403: _documented(403, "a read token on a write operation"),
-    404: _documented(404, "no such thing in the token's organisation (or not shared with its user)"),
-    413: _documented(413, "request body too large"),
-    422: _documented(422, "invalid request: the detail names each problem"),
-    503: _documented(503, "the database is unavailable; retry later"),
+    400: documented("the body is not well-formed JSON"),
+    401: documented("no, unknown or revoked bearer token"),
+    403: documented("a read token on a write operation"),
+    404: documented("no such thing in the token's organisation (or not shared with its user)"),
+    413: documented("request body too large"),
+    422: documented("invalid request: the detail names each problem"),
+    503: documented("the database is unavailable; retry later"),
 }
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 def _explain(args: argparse.Namespace) -> int:
     from gateway.explain import explain, render
+    from gateway.filing.policies import Limits
     from gateway.store import db
     from gateway.store.readonly import bind_rules
 
@@ -37,7 +38,7 @@ def _explain(args: argparse.Namespace) -> int:
     database = db.Database(db.make_dry_run_engine(s.database_url, s.database.timeout_seconds),
                            s.database.timeout_seconds)
     try:
-        report = explain(database, bound.index, raw, args.rcpt, args.sender or "", s.trust)
+        report = explain(database, bound.index, raw, args.rcpt, args.sender or "", s.trust, Limits.of(s))
     finally:
         database.dispose()
     if args.json:

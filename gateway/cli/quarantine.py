@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 def _quarantine(args: argparse.Namespace) -> int:
     from gateway import quarantine
+    from gateway.filing.policies import Limits
 
     if args.quarantine_command == "list":
         _, engine = open_readonly(args)
@@ -27,7 +28,7 @@ def _quarantine(args: argparse.Namespace) -> int:
             print(quarantine.render_listing(rows))
         return EXIT_OK
     s, database, index = open_readwrite(args)
-    result = quarantine.replay(database, index, args.id, s.trust)
+    result = quarantine.replay(database, index, args.id, s.trust, Limits.of(s))
     if args.json:
         print_json(result)
     else:

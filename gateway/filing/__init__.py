@@ -48,15 +48,16 @@ def plan(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage
 
 
 def file(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str, *,
-         approved: int | None = None) -> Filing:
+         approved: int | None = None, limits: policies.Limits = policies.Limits()) -> Filing:
     """Plan, then commit, on ``conn`` (the caller's transaction), with the events that
     tell the CRM about it (gateway/events.py) in the same transaction.  The policies
     (gateway/filing/policies.py) may hold the plan for review or refuse it -- except
     for a held message a reviewer approved: ``approved`` is its delivery's id, whose
-    idempotency key the hold took already (gateway/review.py)."""
+    idempotency key the hold took already (gateway/review.py).  ``limits``: gateway.toml's
+    part of the policies."""
     planned = plan(conn, rules, route, parsed, envelope_sender)
     if approved is None:
-        planned = policies.apply(rules, parsed, planned, envelope_sender)
+        planned = policies.apply(conn, rules, parsed, planned, envelope_sender, limits)
     filing = store_filing.commit(conn, parsed, planned, delivery_id=approved)
     store_events.append(conn, planned.org_id, events.for_filing(rules, planned, parsed, filing))
     return filing

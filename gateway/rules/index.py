@@ -73,6 +73,8 @@ class AliasEntry:
     reopen: bool
     reopen_from: frozenset[str]
     reopen_to: str | None
+    accept_from: str = "everyone"  # everyone | contacts | participants (issue 16)
+    on_refused: str = "reject"  # reject | review
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class OrgEntry:
     # happens to mail that does not (refuse | review).
     dropbox_requires: str = "none"
     dropbox_on_fail: str = "refuse"
+    alias_refused_text: str = "This address accepts mail from known customers only"
 
     @property
     def active_users(self) -> int:
@@ -236,6 +239,8 @@ def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = (
                     reopen=a.reopen,
                     reopen_from=frozenset(a.reopen_from),
                     reopen_to=a.reopen_to,
+                    accept_from=a.accept_from,
+                    on_refused=a.on_refused,
                 )
                 own.add(a.address)
         orgs[o.id] = OrgEntry(
@@ -256,6 +261,7 @@ def compile_rules(files: list[tuple[Path, RuleFile]], names: tuple[str, ...] = (
             sharing_excluded_domains=frozenset(o.sharing_excluded_domains),
             dropbox_requires=o.dropbox_requires,
             dropbox_on_fail=o.dropbox_on_fail,
+            alias_refused_text=o.alias_refused_text,
             webhooks=tuple(
                 WebhookEntry(w.url, frozenset(w.events) if w.events is not None else None, w.secret_env,
                              (path.parent / w.secret_file).resolve() if w.secret_file else None)

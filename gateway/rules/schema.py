@@ -117,6 +117,12 @@ class Alias(_Strict):
     reopen: bool = False
     reopen_from: list[str] = Field(default_factory=list)
     reopen_to: str | None = None
+    # Issue 16: whose mail the alias takes -- everyone; new records only from existing
+    # contacts (replies from a record's participants still join it); or only replies
+    # from participants (no new records).  Refused mail gets 550 5.7.1 with the
+    # organisation's alias_refused_text, or is held for review.
+    accept_from: Literal["everyone", "contacts", "participants"] = "everyone"
+    on_refused: Literal["reject", "review"] = "reject"
 
     _address = field_validator("address", "owner")(lambda cls, v: _address(v))
 
@@ -265,6 +271,10 @@ class Organisation(_Strict):
     # for review (`gateway review`).
     dropbox_requires: Literal["none", "dkim_or_spf", "dmarc"] = "none"
     dropbox_on_fail: Literal["refuse", "review"] = "refuse"
+    # The text of the 550 5.7.1 an alias gives the mail its accept_from refuses (the
+    # sender's own MTA writes the bounce with it: no backscatter from us).
+    alias_refused_text: str = Field("This address accepts mail from known customers only", min_length=1,
+                                    max_length=200, pattern=r"^[\x20-\x7e]+$")
 
     @field_validator("record_token")
     @classmethod

@@ -45,7 +45,7 @@ def commit(conn: Connection, parsed: ParsedMessage, plan: Plan, *, delivery_id: 
         if delivery_id is None:
             return Filing("duplicate", None)
     w = _Writer(conn, plan.org_id, now())
-    if isinstance(plan, DropboxPlan) and plan.hold is not None:
+    if plan.hold is not None:
         return _held(w, parsed, plan, delivery_id)
     filing = _dropbox(w, parsed, plan) if isinstance(plan, DropboxPlan) else _alias(w, parsed, plan)
     assert filing.decision is not None
@@ -97,15 +97,20 @@ def _dropbox(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan) -> Filing:
     return Filing("filed", decision, email_id)
 
 
-def _held(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan, delivery_id: int) -> Filing:
+def _held(w: _Writer, parsed: ParsedMessage, plan: Plan, delivery_id: int) -> Filing:
     """Keep the message for review (gateway/review.py): nothing is filed, the decision
     says why it was held, and the delivery's key stays taken (a repeat is a duplicate)."""
     assert plan.hold is not None
     hold = plan.hold
     held_id = review.hold(w.conn, plan.org_id, plan.route_key, hold.route_ref, delivery_id, hold.envelope_sender,
                           plan.sender, parsed, hold.reason, hold.evidence, w.at)
-    decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, (), plan.forward,
-                               plan.auth, replace(hold, id=held_id))
+    held = replace(hold, id=held_id)
+    decision: DropboxDecision | AliasDecision
+    if isinstance(plan, DropboxPlan):
+        decision = DropboxDecision(plan.user, plan.sender, plan.search, plan.creates, plan.customers, (),
+                                   plan.forward, plan.auth, held)
+    else:
+        decision = AliasDecision(plan.alias, plan.pipeline, plan.sender, plan.noise, plan.thread, "held", held=held)
     doc = decision_json(decision)
     deliveries.finish(w.conn, delivery_id, None, doc)
     return Filing("held", decision, None, held_id=held_id, at=w.at, decision_doc=doc)
@@ -113,7 +118,8 @@ def _held(w: _Writer, parsed: ParsedMessage, plan: DropboxPlan, delivery_id: int
 
 def _alias(w: _Writer, parsed: ParsedMessage, plan: AliasPlan) -> Filing:
     conn, org_id, action = w.conn, plan.org_id, plan.action
-    base = dict(alias=plan.alias, pipeline=plan.pipeline, sender=plan.sender, noise=plan.noise, thread=plan.thread)
+    base = dict(alias=plan.alias, pipeline=plan.pipeline, sender=plan.sender, noise=plan.noise, thread=plan.thread,
+                spam=plan.spam)
     if isinstance(action, DropNoise):
         return Filing("dropped", AliasDecision(**base, outcome="dropped"))
     if isinstance(action, JoinRecord):

@@ -322,6 +322,21 @@ class HeldMessage(Base):
     email_id: Mapped[int | None] = mapped_column(ForeignKey("emails.id"), nullable=True)  # what approval filed
 
 
+class SenderCount(Base):
+    """New records per sender address and window (issue 16's loop and flood guard):
+    one row per (organisation, sender, window start), raised by one upsert in the
+    filing's transaction -- its row lock makes concurrent filings from one sender,
+    in any process, count one after another."""
+
+    __tablename__ = "sender_counts"
+    __table_args__ = (UniqueConstraint("org_id", "sender", "window_start"),)
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    sender: Mapped[str] = mapped_column(String(320))
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    count: Mapped[int] = mapped_column(Integer)
+
+
 class Delivery(Base):
     """One accepted delivery to one route: the idempotency key and why it went so.
 

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Row, delete, func, select, update
 
 from gateway.message import ParsedMessage
 from gateway.store import models as m
-from gateway.store.sql import now, tenant_rows
+from gateway.store.sql import insert_for, now, tenant_rows
 
 _QUEUE = m.HeldMessage.__table__
 
@@ -34,11 +34,15 @@ def hold(conn: Connection, org_id: str, route: str, route_ref: str, delivery_id:
 _LISTED = [c for c in _QUEUE.c if c.name != "content"]
 
 
-def listing(conn: Connection, org_id: str | None = None, status: str | None = None) -> Sequence[Row[Any]]:
-    """The held messages (of ``org_id``, in ``status`` when given) without their content, by id."""
-    query = select(*_LISTED)
+def listing(conn: Connection, org_id: str | None = None, status: str | None = None, *, after: int = 0,
+            limit: int | None = None) -> Sequence[Row[Any]]:
+    """The held messages (of ``org_id``, in ``status`` when given; with an id above
+    ``after``; at most ``limit``) without their content, by id."""
+    query = select(*_LISTED).where(_QUEUE.c.id > after)
     if status is not None:
         query = query.where(_QUEUE.c.status == status)
+    if limit is not None:
+        query = query.limit(limit)
     return tenant_rows(conn, query, _QUEUE, org_id)
 
 
@@ -69,6 +73,21 @@ def pending_per_org(conn: Connection) -> dict[str, tuple[int, datetime]]:
 
 
 def prune(conn: Connection, decided_before: datetime) -> int:
-    """Delete the messages decided before the time; how many."""
+    """Delete the messages decided before the time (and the sender counts of windows
+    that ended before it); how many messages."""
+    conn.execute(delete(_COUNTS).where(_COUNTS.c.window_start < decided_before))
     return conn.execute(delete(_QUEUE).where(_QUEUE.c.status != PENDING,
                                              _QUEUE.c.decided_at < decided_before)).rowcount
+
+
+_COUNTS = m.SenderCount.__table__
+
+
+def count_new_record(conn: Connection, org_id: str, sender: str, window_start: datetime) -> int:
+    """One more new record from ``sender`` in the window: the count so far, this one
+    included (one upsert; its row lock holds concurrent ones until this transaction
+    ends)."""
+    stmt = insert_for(conn, _COUNTS).values(org_id=org_id, sender=sender, window_start=window_start, count=1)
+    stmt = stmt.on_conflict_do_update(index_elements=["org_id", "sender", "window_start"],
+                                      set_={"count": _COUNTS.c.count + 1}).returning(_COUNTS.c.count)
+    return conn.execute(stmt).scalar_one()

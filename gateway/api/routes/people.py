@@ -22,7 +22,7 @@ from gateway import people_import, views
 from gateway.api.auth import context, principal, writer
 from gateway.api.context import ApiContext
 from gateway.api.pagination import Page, PageParams, UpdatedSince, page, page_params, utc
-from gateway.api.problems import MEDIA_TYPE, Problem, not_found
+from gateway.api.problems import Problem, documented, not_found
 from gateway.outcome import Kind
 from gateway.people_import import Importer, PersonIn, RowError
 from gateway.store import people as store_people
@@ -60,11 +60,6 @@ class ImportResult(BaseModel):
     updated: int
     unchanged: int
     errors: list[LineError]
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDocument"}}}}
 
 
 def _item(row: Row[Any]) -> dict[str, Any]:
@@ -120,7 +115,7 @@ def _add_routes(collection: str, kind: Kind) -> None:
                  summary=f"Create a {singular}, or update the one with this external_id (else this email)",
                  responses={201: {"model": Person, "description": "created"},
                             200: {"description": "found by external_id or email (updated or unchanged)"},
-                            409: _problem("the address or external_id is another person's")})
+                            409: documented("the address or external_id is another person's")})
     async def create_or_update(body: PersonIn, response: Response, who: Principal = Depends(writer),
                                ctx: ApiContext = Depends(context)) -> dict[str, Any]:
         importer = Importer(ctx.rules.orgs[who.org_id], kind, source="api")
@@ -147,7 +142,7 @@ def _add_routes(collection: str, kind: Kind) -> None:
 
     @router.post(f"/{collection}/import", response_model=ImportResult, tags=[collection], name=f"import_{collection}",
                  summary=f"Create or update many {collection}: a JSON object per line ({NDJSON})",
-                 responses={415: _problem(f"not {NDJSON}")},
+                 responses={415: documented(f"not {NDJSON}")},
                  openapi_extra={"requestBody": {"required": True, "content": {NDJSON: {"schema": {
                      # The lines, each as the body of POST /v1/{collection} (an NDJSON body
                      # is not a JSON array: one object per line, no brackets or commas).

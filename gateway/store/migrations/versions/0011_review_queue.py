@@ -1,4 +1,5 @@
-"""The review queue: mail held for review instead of filed (issue 16)
+"""The review queue: mail held for review instead of filed; new records counted per
+sender and window (issue 16)
 
 Revision ID: 0011
 Revises: 0010
@@ -40,8 +41,18 @@ def upgrade() -> None:
         sa.UniqueConstraint("delivery_id", name="uq_review_queue_delivery_id"),
     )
     op.create_index("ix_review_queue_org_id_status", "review_queue", ["org_id", "status", "id"])
+    op.create_table(
+        "sender_counts",
+        sa.Column("id", _ID, primary_key=True, autoincrement=True),
+        sa.Column("org_id", sa.String(63), sa.ForeignKey("organisations.id"), nullable=False),
+        sa.Column("sender", sa.String(320), nullable=False),
+        sa.Column("window_start", _TS, nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.UniqueConstraint("org_id", "sender", "window_start", name="uq_sender_counts_org_id_sender_window_start"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("sender_counts")
     op.drop_index("ix_review_queue_org_id_status", "review_queue")
     op.drop_table("review_queue")
