@@ -156,3 +156,28 @@ def test_unknown_decision_shapes_are_kept_as_stored():
     assert decision_json(decision_from_json(relay)) == relay
     odd = {"route": "alias", "outcome": "filed", "alias": "x"}  # missing parts: kept, not guessed
     assert decision_json(decision_from_json(odd)) == odd
+
+
+def test_issue_15_and_16_decision_parts_round_trip():
+    """Forward, authentication check and hold of a dropbox decision; participants, the
+    answered dropbox mail, a hold and a spam verdict of an alias decision: each read back
+    as the typed outcome it was stored from."""
+    from gateway.outcome import AliasDecision, AuthCheck, DropboxDecision, ForwardSeen, Hold, ThreadMatch, Touched
+
+    dropbox_held = DropboxDecision(
+        "h@zylker.example", "h@zylker.example", "contacts_then_leads", "lead", ("c@zillum.com",), (),
+        ForwardSeen("gmail", "original", "received", "c@zillum.com", "2026-11-30T01:00:00Z"),
+        AuthCheck("dmarc", False, "no dmarc pass", (("dmarc", "fail", "zylker.example", "mx.zylker.example"),)),
+        Hold("authentication", "no dmarc pass", "h@zylker.example", "h@zylker.example", 7))
+    alias_held = AliasDecision("service@in.zylker.example", "Service", "c@zillum.com", None,
+                               ThreadMatch(None, "none", dropbox_email=4), "held",
+                               held=Hold("new_record_cap", "21 new records", "service@in.zylker.example",
+                                         "c@zillum.com", 8))
+    alias_filed = AliasDecision("service@in.zylker.example", "Service", "c@zillum.com", None,
+                                ThreadMatch(3, "dropbox", "a@x (dropbox email 4) answers b@y", dropbox_email=4),
+                                "filed", record=Touched(3, "joined"), participants=("c@zillum.com", "d@zillum.com"),
+                                spam="X-Spam-Score: 6.5 > 5.0")
+    for decision in (dropbox_held, alias_held, alias_filed):
+        stored = decision_json(decision)
+        assert decision_from_json(stored) == decision
+        assert decision_json(decision_from_json(stored)) == stored
