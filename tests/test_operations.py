@@ -93,7 +93,9 @@ def test_metrics_count_real_deliveries_exactly(gw):
         "gateway_database_up", "gateway_quarantine_messages", "gateway_deliveries_in_flight",
         "gateway_big_messages_in_memory", "gateway_worker_jobs", "gateway_parse_anomalies_total",
         "gateway_events_sequenced_total", "gateway_events_pruned_total", "gateway_webhook_deliveries_total",
-        "gateway_events_pending", "gateway_events_oldest_pending_age_seconds"} | STANDARD_COLLECTORS
+        "gateway_events_pending", "gateway_events_oldest_pending_age_seconds", "gateway_review_held_total",
+        "gateway_review_capped_total", "gateway_review_decisions_total", "gateway_review_pending",
+        "gateway_review_oldest_pending_age_seconds"} | STANDARD_COLLECTORS
 
 
 # The standard collectors of prometheus-client (process, platform, gc), in our registry.
