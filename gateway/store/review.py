@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import Connection, Row, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, literal_column, select, update
 
 from gateway.message import ParsedMessage
 from gateway.store import models as m
+from gateway.store.prepared import PerDialect, Prepared
 from gateway.store.sql import insert_for, now, tenant_rows
 
 _QUEUE = m.HeldMessage.__table__
@@ -83,11 +84,21 @@ def prune(conn: Connection, decided_before: datetime) -> int:
 _COUNTS = m.SenderCount.__table__
 
 
+def _count_statement(conn: Connection) -> Prepared:
+    stmt = insert_for(conn, _COUNTS).values(org_id=bindparam("org_id"), sender=bindparam("sender"),
+                                            window_start=bindparam("window_start"), count=bindparam("count"))
+    stmt = stmt.on_conflict_do_update(index_elements=["org_id", "sender", "window_start"],
+                                      set_={"count": _COUNTS.c.count + literal_column("1")}).returning(_COUNTS.c.count)
+    return Prepared(stmt, conn.dialect)
+
+
+# On the alias route's hot path: compiled once, run on the driver's cursor (store/prepared.py).
+_count = PerDialect(_count_statement)
+
+
 def count_new_record(conn: Connection, org_id: str, sender: str, window_start: datetime) -> int:
     """One more new record from ``sender`` in the window: the count so far, this one
     included (one upsert; its row lock holds concurrent ones until this transaction
     ends)."""
-    stmt = insert_for(conn, _COUNTS).values(org_id=org_id, sender=sender, window_start=window_start, count=1)
-    stmt = stmt.on_conflict_do_update(index_elements=["org_id", "sender", "window_start"],
-                                      set_={"count": _COUNTS.c.count + 1}).returning(_COUNTS.c.count)
-    return conn.execute(stmt).scalar_one()
+    return int(_count(conn).scalar(conn, {"org_id": org_id, "sender": sender, "window_start": window_start,
+                                         "count": 1}))
