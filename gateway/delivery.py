@@ -222,10 +222,9 @@ def reply_for(filing: Filing) -> Reply:
 def log_fields(filing: Filing) -> dict[str, Any]:
     """What the recipient_decision log line says of a filing beyond its result."""
     d = filing.decision
-    if filing.held:
-        hold = getattr(d, "held", None)
-        return {"review_id": filing.held_id, "held": hold.reason if hold else None,
-                "evidence": hold.evidence[:300] if hold else None}
+    hold = filing.hold
+    if hold is not None:
+        return {"review_id": filing.held_id, "held": hold.reason, "evidence": hold.evidence[:300]}
     if not isinstance(d, AliasDecision):
         return {}
     if filing.dropped:
@@ -243,9 +242,8 @@ def count_result(route: Route, result: Filing) -> None:
     """Metrics of what a filing created, how it threaded, whether it reopened."""
     if result.duplicate:
         return
-    if result.held:
-        hold = getattr(result.decision, "held", None)
-        metrics.review_held.labels(reason=hold.reason if hold else "unknown").inc()
+    if result.hold is not None:
+        metrics.review_held.labels(reason=result.hold.reason).inc()
         return
     pipeline = route.alias.pipeline if isinstance(route, AliasRoute) else ""
     for kind in result.created():

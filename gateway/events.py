@@ -276,8 +276,8 @@ def for_filing(rules: RuleIndex, plan: Plan, parsed: ParsedMessage, filing: Fili
     """The events of a dropbox or alias filing (none for a duplicate or dropped mail):
     people and record first, then the email that brought them; message.held for mail
     held for review."""
-    hold = getattr(plan, "hold", None)
-    if filing.held and hold is not None and filing.held_id is not None:
+    hold = filing.hold
+    if hold is not None and filing.held_id is not None:
         return [NewEvent(MESSAGE_HELD, {
             "review_id": filing.held_id, "route": plan.route_key.partition(":")[0], "recipient": hold.route_ref,
             "envelope_sender": hold.envelope_sender, "sender": plan.sender, "subject": parsed.subject,

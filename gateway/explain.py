@@ -12,7 +12,7 @@ from typing import Any
 from gateway import filing, trust
 from gateway.delivery import guarded, reply_for
 from gateway.errors import DeliveryFailure, MalformedMessage
-from gateway.filing.policies import Limits
+from gateway.filing.policies import DEFAULT_LIMITS, Limits
 from gateway.message import ParsedMessage
 from gateway.parse import parse_message
 from gateway.replies import REPLIES, Reply
@@ -26,7 +26,7 @@ from gateway.store.db import Database
 
 
 def explain(database: Database, rules: RuleIndex, raw: bytes, rcpts: list[str], envelope_sender: str,
-            trust_settings: Trust | None = None, limits: Limits = Limits()) -> dict[str, Any]:
+            trust_settings: Trust | None = None, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """`database`: one whose engine may run the filers' statements
     (store.db.make_dry_run_engine); every transaction is rolled back here.
     ``trust_settings``: gateway.toml's [trust] (whose Authentication-Results count; with

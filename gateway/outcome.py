@@ -300,6 +300,11 @@ class Filing:
     def held(self) -> bool:
         return self.result == "held"
 
+    @property
+    def hold(self) -> Hold | None:
+        """Why a held filing was held (None for any other)."""
+        return self.decision.held if isinstance(self.decision, (DropboxDecision, AliasDecision)) else None
+
     def created(self) -> list[str]:
         """Kinds of thing this filing created (for the metrics): lead, contact, record."""
         d = self.decision

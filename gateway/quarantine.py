@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from gateway import events, trust
 from gateway.errors import UserError
 from gateway.filing import file
-from gateway.filing.policies import Limits
+from gateway.filing.policies import DEFAULT_LIMITS, Limits
 from gateway.parse import parse_message
 from gateway.message import ParsedMessage
 from gateway.routing import Route, route_again, route_ref
@@ -75,7 +75,7 @@ class ReplayError(UserError):
 
 
 def replay(database: Database, rules: RuleIndex, quarantine_id: int,
-           trust_settings: Trust | None = None, limits: Limits = Limits()) -> dict[str, Any]:
+           trust_settings: Trust | None = None, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """File a quarantined message through the normal filing code, with today's rules
     (and gateway.toml's [trust], as a delivery would)."""
     row = database.reading(store_quarantine.get, quarantine_id)

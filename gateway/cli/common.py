@@ -42,6 +42,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def print_result(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
+    """A command's result: JSON with --json, else the text ``render`` makes of it."""
+    if args.json:
+        print_json(data)
+    else:
+        print(render(data))
+
+
 def open_readwrite(args: argparse.Namespace) -> tuple[Settings, Database, RuleIndex]:
     """For commands that change something: migrate, sync the rules, return ids."""
     from gateway.app import load_and_sync, open_database

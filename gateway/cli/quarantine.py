@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from gateway.cli.common import EXIT_OK, open_readonly, open_readwrite, print_json
+from gateway.cli.common import EXIT_OK, open_readonly, open_readwrite, print_result
 
 if TYPE_CHECKING:
     from gateway.cli.common import AddParser, Subparsers
@@ -22,17 +22,11 @@ def _quarantine(args: argparse.Namespace) -> int:
     if args.quarantine_command == "list":
         _, engine = open_readonly(args)
         rows = quarantine.listing(engine, args.org)
-        if args.json:
-            print_json(rows)
-        else:
-            print(quarantine.render_listing(rows))
+        print_result(args, rows, quarantine.render_listing)
         return EXIT_OK
     s, database, index = open_readwrite(args)
     result = quarantine.replay(database, index, args.id, s.trust, Limits.of(s))
-    if args.json:
-        print_json(result)
-    else:
-        print(quarantine.render_replay(result))
+    print_result(args, result, quarantine.render_replay)
     return EXIT_OK
 
 

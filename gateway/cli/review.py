@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
-from gateway.cli.common import EXIT_OK, open_readonly, open_readwrite, print_json
+from gateway.cli.common import EXIT_OK, open_readonly, open_readwrite, print_result
 
 if TYPE_CHECKING:
     from gateway.cli.common import AddParser, Subparsers
@@ -31,27 +31,20 @@ def _review(args: argparse.Namespace) -> int:
         _, engine = open_readonly(args)
         if command == "list":
             rows = review.listing(engine, args.org, None if args.all else "pending")
-            _out(args, rows, review.render_listing)
+            print_result(args, rows, review.render_listing)
             return EXIT_OK
         shown = review.show(engine, args.id)
         if shown is None:
             raise review.ReviewError(f"no held message {args.id}", 404)
-        _out(args, shown, review.render_show)
+        print_result(args, shown, review.render_show)
         return EXIT_OK
     _, database, index = open_readwrite(args)
     if command == "approve":
         done = review.approve(database, index, args.id, _reviewer())
     else:
         done = review.reject(database, args.id, _reviewer(), args.reason)
-    _out(args, done, review.render_decision)
+    print_result(args, done, review.render_decision)
     return EXIT_OK
-
-
-def _out(args: argparse.Namespace, data: Any, render: Callable[[Any], str]) -> None:
-    if args.json:
-        print_json(data)
-    else:
-        print(render(data))
 
 
 def _add_review(sub: Subparsers, common: argparse.ArgumentParser) -> None:

@@ -48,7 +48,7 @@ def plan(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage
 
 
 def file(conn: Connection, rules: RuleIndex, route: Route, parsed: ParsedMessage, envelope_sender: str, *,
-         approved: int | None = None, limits: policies.Limits = policies.Limits()) -> Filing:
+         approved: int | None = None, limits: policies.Limits = policies.DEFAULT_LIMITS) -> Filing:
     """Plan, then commit, on ``conn`` (the caller's transaction), with the events that
     tell the CRM about it (gateway/events.py) in the same transaction.  The policies
     (gateway/filing/policies.py) may hold the plan for review or refuse it -- except

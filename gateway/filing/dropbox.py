@@ -26,6 +26,7 @@ from gateway.filing.people import customers, sender_of
 from gateway.replies import REPLIES
 from gateway.routing import DropboxRoute
 from gateway.rules.index import OrgEntry, RuleIndex
+from gateway.views import ts
 
 _SEARCH: dict[str, tuple[Kind, ...]] = {
     "contacts": ("contact",),
@@ -71,7 +72,7 @@ def _forward(org: OrgEntry, parsed: ParsedMessage) -> tuple[ForwardSeen | None, 
         return ForwardSeen(fw.method, "forward", fw.problem or "original sender not readable"), None
     date = _utc(fw.date, org.timezone)
     how = "sent" if org.is_own_address(original) else "received"
-    seen = ForwardSeen(fw.method, "original", how, original, date.isoformat().replace("+00:00", "Z") if date else None)
+    seen = ForwardSeen(fw.method, "original", how, original, ts(date))
     return seen, as_original(parsed, fw, date)
 
 

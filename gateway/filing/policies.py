@@ -46,12 +46,12 @@ log = logs.get("gateway.policies")
 @dataclass(frozen=True)
 class Limits:
     """gateway.toml's part of the policies ([limits] new_records_*, [trust]
-    spam_score_review); the defaults are gateway.toml's."""
+    spam_score_review); DEFAULT_LIMITS has gateway.toml's defaults."""
 
-    new_records_per_sender: int = 20
-    window_minutes: float = 60.0
-    exempt: frozenset[str] = frozenset()  # addresses and domains
-    spam_score_review: float | None = None
+    new_records_per_sender: int
+    window_minutes: float
+    exempt: frozenset[str]  # addresses and domains
+    spam_score_review: float | None
 
     @classmethod
     def of(cls, settings: Settings) -> "Limits":
@@ -60,8 +60,11 @@ class Limits:
                    frozenset(limits.new_records_exempt), settings.trust.spam_score_review)
 
 
+DEFAULT_LIMITS = Limits.of(Settings())
+
+
 def apply(conn: Connection, rules: RuleIndex, parsed: ParsedMessage, plan: Plan, envelope_sender: str,
-          limits: Limits = Limits()) -> Plan:
+          limits: Limits = DEFAULT_LIMITS) -> Plan:
     """The plan, maybe held; raises PermanentFailure for mail a policy refuses."""
     if isinstance(plan, DropboxPlan):
         return _dropbox(rules, parsed, plan, envelope_sender)

@@ -15,7 +15,7 @@ from gateway.store import models as m
 from gateway.store.prepared import PerDialect, Prepared
 from gateway.store.sql import insert_for, now, tenant_rows
 
-_QUEUE = m.HeldMessage.__table__
+_QUEUE, _COUNTS = m.HeldMessage.__table__, m.SenderCount.__table__
 
 # Text kept of a hold's evidence and of a rejection's reason.
 TEXT_MAX = 2000
@@ -79,9 +79,6 @@ def prune(conn: Connection, decided_before: datetime) -> int:
     conn.execute(delete(_COUNTS).where(_COUNTS.c.window_start < decided_before))
     return conn.execute(delete(_QUEUE).where(_QUEUE.c.status != PENDING,
                                              _QUEUE.c.decided_at < decided_before)).rowcount
-
-
-_COUNTS = m.SenderCount.__table__
 
 
 def _count_statement(conn: Connection) -> Prepared:
