@@ -34,6 +34,10 @@ from gateway.workers import BIG_MESSAGE_BYTES, WorkerPool
 
 log = logs.get("gateway.delivery")
 
+# Filing attempts when the database connection turns out to be lost (no ping per
+# checkout under load: gateway/store/db.py).
+LOST_CONNECTION_ATTEMPTS = 3
+
 # A route's filing, or the error that stopped it (turned into a reply on the loop).
 RouteResult = tuple["Filing | None", "Exception | None"]
 
@@ -136,8 +140,19 @@ class Deliveries:
     def _file_each(self, transaction: Callable[[], ContextManager[Connection]], rules: RuleIndex,
                    routes: list[Route], parsed: ParsedMessage, envelope_sender: str) -> list[RouteResult]:
         def file_one(route: Route) -> Filing:
-            with transaction() as conn:
-                return self.filing(conn, rules, route, parsed, envelope_sender)
+            for attempt in range(1, LOST_CONNECTION_ATTEMPTS + 1):
+                try:
+                    with transaction() as conn:
+                        return self.filing(conn, rules, route, parsed, envelope_sender)
+                except sqlalchemy.exc.DBAPIError as exc:
+                    # A pooled connection the server dropped (restart, failover) while it
+                    # sat in the pool: nothing was committed, or the COMMIT went through
+                    # and the idempotency key makes the next attempt a duplicate.  The
+                    # pool has discarded it with its elders; try on a new one.
+                    if not exc.connection_invalidated or attempt == LOST_CONNECTION_ATTEMPTS:
+                        raise
+                    log.info("database_connection_lost", attempt=attempt, error=str(exc.orig)[:200])
+            raise AssertionError("unreachable")
 
         outcomes: list[RouteResult] = []
         for route in routes:

@@ -277,12 +277,18 @@ class TcpProxy:
 
     def stop(self) -> None:
         """Refuse new connections and cut the open ones."""
-        import socket
-
         with self._lock:
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+        self.cut()
+
+    def cut(self) -> None:
+        """Cut the open connections (a server restart, as its clients see it); new
+        ones are still accepted."""
+        import socket
+
+        with self._lock:
             sockets, self._sockets = self._sockets, []
         for s in sockets:
             try:

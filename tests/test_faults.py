@@ -207,6 +207,40 @@ def test_postgresql_going_away_and_coming_back(config_dir, tmp_path):
 
 
 
+@pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (GATEWAY_TEST_DATABASE_URL)")
+def test_postgresql_connections_cut_while_pooled_are_replaced_and_the_filing_retried(config_dir, monkeypatch):
+    """The pool does not ping a connection it used a moment ago (issue 17: a round trip
+    per filing); when the server has dropped such connections meanwhile, the filing
+    fails on one, the pool discards them all and the filing is tried again on a new
+    one: 250, each mail filed once."""
+    from gateway.store import db
+
+    # However slow this machine is, no connection counts as idle (so none is pinged),
+    # and the outbox does not poll (it would meet a cut connection first).
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 3600.0)
+    _edit(config_dir, "\npoll_seconds = 1 ", "\npoll_seconds = 60 ")
+    with proxied_postgresql(PG_URL, "cut") as (url, proxy):
+        g = RunningGateway(config_dir, url).start()
+        try:
+            service = "service@in.zylker.example"  # alias: no database lookup at RCPT
+
+            def send(n: int) -> list[int]:
+                data = message(frm="c@zillum.com", to=service, subject=f"Q{n}", message_id=f"<cut-{n}@zillum.com>")
+                return g.lmtp("c@zillum.com", [service], data).codes
+
+            # Warm the pool: several connections, used a moment ago.
+            with ThreadPoolExecutor(4) as pool:
+                assert list(pool.map(send, range(8))) == [[250]] * 8
+            time.sleep(0.5)  # the outbox's passes after those filings are done
+            proxy.cut()   # the server "restarts": every pooled connection is cut
+            assert send(100) == [250]
+            assert send(101) == [250]
+            filed = sorted(e["message_id"] for e in g.export()["emails"])
+            assert filed == sorted([f"cut-{n}@zillum.com" for n in (*range(8), 100, 101)])
+        finally:
+            g.stop()
+
+
 def _deliver_until_250(port_of, box: str, data: bytes, deadline: float) -> list[str]:
     """An MTA: retry 4xx and broken connections until 250 (bounded in time).
     Returns the failed attempts before the 250 (a reply code, or the exception's name)."""

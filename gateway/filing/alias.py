@@ -63,11 +63,11 @@ def _join(conn: Connection, record_id: int, sender: str, alias: AliasEntry, *, n
         # Noise joins the conversation and nothing more: no contact link, no
         # participant, no reopen.
         return JoinRecord(record_id, link_contact=None, participants=(), stage_change=None)
-    contact = records.contact_address(conn, record_id)
+    reopens = bool(alias.reopen and alias.reopen_from)
+    state = records.join_state(conn, record_id, lock=reopens)
     change = None
-    if alias.reopen and alias.reopen_from:
-        stage = records.locked_stage(conn, record_id)
-        if stage in alias.reopen_from:
-            change = StageChange(stage, alias.reopen_to, "reply")
+    if reopens and state.stage in alias.reopen_from:
+        change = StageChange(state.stage, alias.reopen_to, "reply")
+    contact = state.contact
     return JoinRecord(record_id, link_contact=contact[0] if contact and contact[1] == sender else None,
                       participants=taking_part, stage_change=change)

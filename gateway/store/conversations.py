@@ -3,11 +3,51 @@ record token) and who takes part in a record.  Always within one organisation.""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, literal_column, select
 
 from gateway.store import models as m
+from gateway.store.prepared import PerDialect, Prepared
 
 _EMAILS, _LINKS, _RECORDS, _PARTS = m.Email.__table__, m.Link.__table__, m.Record.__table__, m.Participant.__table__
+MAX_IDS = 100  # message ids looked up at once (gateway/filing/threads.py bounds them so)
+
+
+def _by_message_id(n: int, pipeline: bool, participant: bool) -> Any:
+    """The Message-ID -> record join for ``n`` ids (one compiled statement per shape)."""
+    joined = _EMAILS.join(_LINKS, (_LINKS.c.email_id == _EMAILS.c.id) & (_LINKS.c.kind == literal_column("'record'")))
+    columns: list[Any] = [_EMAILS.c.message_id, _LINKS.c.target_id]
+    where = [_EMAILS.c.org_id == bindparam("b_org"), _EMAILS.c.message_id.in_([bindparam(f"b_mid{i}") for i in range(n)])]
+    if pipeline:
+        joined = joined.join(_RECORDS, _RECORDS.c.id == _LINKS.c.target_id)
+        where.append(_RECORDS.c.pipeline_id == bindparam("b_pipeline"))
+    if participant:
+        joined = joined.outerjoin(
+            _PARTS, (_PARTS.c.record_id == _LINKS.c.target_id) & (_PARTS.c.address == bindparam("b_participant")))
+        columns.append(_PARTS.c.id.is_not(None))
+    return select(*columns).select_from(joined).where(*where)
+
+
+class _Statements:
+    """Compiled once per dialect, run on the driver's cursor (gateway/store/prepared.py)."""
+
+    def __init__(self, conn: Connection):
+        self.dialect = conn.dialect
+        self.by_message_id: dict[tuple[int, bool, bool], Prepared] = {}
+        self.takes_part = Prepared(select(_PARTS.c.id).where(
+            _PARTS.c.record_id == bindparam("b_record"), _PARTS.c.address == bindparam("b_address")),
+            conn.dialect)
+
+    def lookup(self, n: int, pipeline: bool, participant: bool) -> Prepared:
+        key = (n, pipeline, participant)
+        found = self.by_message_id.get(key)
+        if found is None:
+            found = self.by_message_id[key] = Prepared(_by_message_id(*key), self.dialect)
+        return found
+
+
+_stmts = PerDialect(_Statements)
 
 
 def records_by_message_id(conn: Connection, org_id: str, message_ids: list[str], *, pipeline_id: int | None = None,
@@ -15,17 +55,15 @@ def records_by_message_id(conn: Connection, org_id: str, message_ids: list[str],
     """The Message-ID -> record join: for each id, the record a message with that id
     is filed on (optionally only records of one pipeline).  An id may be on several
     records (mailers that reuse ids): the one ``participant`` takes part in wins,
-    then the newest."""
-    query = (select(_EMAILS.c.message_id, _LINKS.c.target_id)
-             .join(_LINKS, (_LINKS.c.email_id == _EMAILS.c.id) & (_LINKS.c.kind == "record"))
-             .where(_EMAILS.c.org_id == org_id, _EMAILS.c.message_id.in_(message_ids)))
-    if pipeline_id is not None:
-        query = query.join(_RECORDS, _RECORDS.c.id == _LINKS.c.target_id).where(_RECORDS.c.pipeline_id == pipeline_id)
-    if participant is not None:
-        query = query.add_columns(_PARTS.c.id.is_not(None)).outerjoin(
-            _PARTS, (_PARTS.c.record_id == _LINKS.c.target_id) & (_PARTS.c.address == participant))
+    then the newest.  At most MAX_IDS ids."""
+    ids = list(dict.fromkeys(message_ids))[:MAX_IDS]
+    if not ids:
+        return {}
+    params: dict[str, Any] = {f"b_mid{i}": mid for i, mid in enumerate(ids)}
+    params.update(b_org=org_id, b_pipeline=pipeline_id, b_participant=participant)
+    statement = _stmts(conn).lookup(len(ids), pipeline_id is not None, participant is not None)
     best: dict[str, tuple[bool, int]] = {}
-    for row in conn.execute(query):
+    for row in statement.rows(conn, params):
         mid, record_id = row[0], row[1]
         takes_part = bool(row[2]) if participant is not None else False
         best[mid] = max((takes_part, record_id), best.get(mid, (False, 0)))
@@ -52,6 +90,4 @@ def record_in_pipeline(conn: Connection, org_id: str, pipeline_id: int, record_i
 
 
 def takes_part(conn: Connection, record_id: int, address: str) -> bool:
-    return conn.execute(
-        select(_PARTS.c.id).where(_PARTS.c.record_id == record_id, _PARTS.c.address == address)
-    ).scalar_one_or_none() is not None
+    return _stmts(conn).takes_part.scalar(conn, {"b_record": record_id, "b_address": address}) is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, TypeVar
@@ -32,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 from gateway.errors import UserError
+from gateway.store import prepared
 
 T = TypeVar("T")
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -62,14 +64,45 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
         _sqlite_setup(engine)
         return engine
     parsed, connect_args = pg_connect_args(parsed, timeout_seconds)
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_timeout=timeout_seconds,
         connect_args=connect_args,
     )
+    _ping_when_idle(engine)
+    prepared.install(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection unused this long is pinged before use (a restart or a
+# firewall may have cut it meanwhile).  Under load connections come back within
+# milliseconds and are not pinged: SQLAlchemy's pool_pre_ping cost a round trip per
+# filing (issue 17).  A connection lost in between fails its statement; the pool then
+# drops it with all older ones, and the filing is tried again (gateway/delivery.py).
+IDLE_PING_SECONDS = 2.0
+_CHECKED_IN = "gateway_checked_in"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_CHECKED_IN, 0.0) < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # The pool discards this connection and checks out another (or connects).
+            raise sqlalchemy_exc.DisconnectionError(str(exc)) from exc
 
 
 def pg_connect_args(parsed: Any, timeout_seconds: float, extra: str = "") -> tuple[Any, dict[str, Any]]:
@@ -164,7 +197,7 @@ def make_dry_run_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
     """
     engine = make_engine(url, timeout_seconds, pool_size=1)
 
-    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "commit", insert=True)  # before the pipeline's COMMIT (store/prepared.py)
     def _refuse_commit(conn: Connection) -> None:
         raise RuntimeError("a dry run must not commit")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Mapping, Sequence
 
-from sqlalchemy import Connection, Row, Select, Table, bindparam, delete, select, update
+from sqlalchemy import Connection, Row, Select, Table, bindparam, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.outcome import Kind, PersonWanted
@@ -39,6 +39,37 @@ class _Statements:
                 conn.dialect)
 
 
+        # PostgreSQL: search and create in one statement (one round trip, issue 17).
+        self.find_or_create: dict[tuple[tuple[str, ...], str], Prepared] = {}
+        self.dialect = conn.dialect
+
+    def one_statement(self, search: tuple[str, ...], creates: str) -> Prepared:
+        """The matches in search order and, when there are none, the new row -- each as
+        (rank, kind, id, created).  A row another writer committed meanwhile makes
+        the INSERT do nothing: no row at all then (the caller looks again)."""
+        key = (search, creates)
+        found = self.find_or_create.get(key)
+        if found is None:
+            found = self.find_or_create[key] = Prepared(text(_find_or_create_sql(search, creates)), self.dialect)
+        return found
+
+
+def _find_or_create_sql(search: tuple[str, ...], creates: str) -> str:
+    table = {"lead": "leads", "contact": "contacts"}
+    found = " UNION ALL ".join(
+        f"SELECT {rank} AS rank, '{kind}' AS kind, id FROM {table[kind]} WHERE org_id = :org_id AND email = :email"
+        for rank, kind in enumerate(search))
+    return (
+        f"WITH found AS ({found}), "
+        f"made AS (INSERT INTO {table[creates]} (org_id, email, first_name, last_name, owner_id, source, "
+        "created_at, updated_at) "
+        "SELECT :org_id, :email, :first_name, :last_name, CAST(:owner_id AS BIGINT), :source, "
+        "CAST(:at AS TIMESTAMPTZ), CAST(:at AS TIMESTAMPTZ) WHERE NOT EXISTS (SELECT 1 FROM found) "
+        "ON CONFLICT (org_id, email) DO NOTHING RETURNING id) "
+        f"SELECT rank, kind, id, false AS created FROM found UNION ALL SELECT {len(search)}, '{creates}', id, true "
+        "FROM made ORDER BY 1 LIMIT 1")
+
+
 _stmts = PerDialect(_Statements)
 
 
@@ -54,12 +85,22 @@ def find_or_create(
     one of the kind to create."""
     st = _stmts(conn)
     key = {"b_org": org_id, "b_email": wanted.address}
+    # SPEC 2.7: without a name, the address is both the email and the last name.
+    stamp = at or now()
+    if conn.dialect.name == "postgresql":
+        rows = st.one_statement(tuple(wanted.search), wanted.creates).rows(conn, {
+            "org_id": org_id, "email": wanted.address, "first_name": first_name,
+            "last_name": last_name or wanted.address, "owner_id": owner_id, "source": source, "at": stamp})
+        if rows:
+            _, kind, person_id, made = rows[0]
+            return kind, person_id, "created" if made else "matched"
+        existing = st.find[wanted.creates].scalar(conn, key)  # created and committed meanwhile
+        assert existing is not None
+        return wanted.creates, existing, "matched"
     for kind in wanted.search:
         found = st.find[kind].scalar(conn, key)
         if found is not None:
             return kind, found, "matched"
-    # SPEC 2.7: without a name, the address is both the email and the last name.
-    stamp = at or now()
     created = st.create[wanted.creates].scalar(conn, {
         "org_id": org_id, "email": wanted.address, "first_name": first_name,
         "last_name": last_name or wanted.address, "owner_id": owner_id, "source": source, "created_at": stamp,

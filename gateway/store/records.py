@@ -8,12 +8,44 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 
 from gateway.store import models as m
+from gateway.store.prepared import PerDialect, Prepared
 from gateway.store.sql import insert_for, now, tenant_rows
 
 _RECORDS, _PIPES, _CONTACTS = m.Record.__table__, m.Pipeline.__table__, m.Contact.__table__
+_CHANGES, _PARTS = m.StageChange.__table__, m.Participant.__table__
+
+
+class _Statements:
+    """The filing's statements, compiled once and run on the driver's cursor
+    (gateway/store/prepared.py)."""
+
+    def __init__(self, conn: Connection):
+        r, d = _RECORDS, conn.dialect
+        self.create = Prepared(r.insert().values(
+            org_id=bindparam("org_id"), pipeline_id=bindparam("pipeline_id"), stage=bindparam("stage"),
+            title=bindparam("title"), owner_id=bindparam("owner_id"), tags=bindparam("tags", type_=r.c.tags.type),
+            contact_id=bindparam("contact_id"), created_at=bindparam("at", type_=r.c.created_at.type),
+            updated_at=bindparam("at", type_=r.c.updated_at.type)).returning(r.c.id), d)
+        self.change = Prepared(_CHANGES.insert().values(
+            org_id=bindparam("org_id"), record_id=bindparam("record_id"), from_stage=bindparam("from_stage"),
+            to_stage=bindparam("to_stage"), at=bindparam("at", type_=_CHANGES.c.at.type), cause=bindparam("cause"),
+            email_id=bindparam("email_id"), actor=bindparam("actor")), d)
+        self.stage = Prepared(update(r).where(r.c.id == bindparam("b_id")).values(
+            stage=bindparam("b_stage"), updated_at=bindparam("b_at", type_=r.c.updated_at.type)), d)
+        self.participate = Prepared(insert_for(conn, _PARTS).values(
+            org_id=bindparam("org_id"), record_id=bindparam("record_id"), address=bindparam("address"))
+            .on_conflict_do_nothing(), d)
+        joined = (select(r.c.stage, _CONTACTS.c.id, _CONTACTS.c.email)
+                  .select_from(r.outerjoin(_CONTACTS, _CONTACTS.c.id == r.c.contact_id))
+                  .where(r.c.id == bindparam("b_id")))
+        self.join_state = Prepared(joined, d)
+        self.join_state_locked = Prepared(joined.with_for_update(of=r), d)
+
+
+_stmts = PerDialect(_Statements)
 
 
 class RecordRow(NamedTuple):
@@ -26,13 +58,11 @@ class RecordRow(NamedTuple):
 
 def create(conn: Connection, org_id: str, *, pipeline_id: int, stage: str, title: str, owner_id: int | None,
            tags: list[str], contact_id: int | None, at: datetime | None = None) -> int:
-    stamp = at or now()
-    return conn.execute(
-        _RECORDS.insert().values(
-            org_id=org_id, pipeline_id=pipeline_id, stage=stage, title=title, owner_id=owner_id, tags=tags,
-            contact_id=contact_id, created_at=stamp, updated_at=stamp,
-        ).returning(_RECORDS.c.id)
-    ).scalar_one()
+    record_id = _stmts(conn).create.scalar(conn, {
+        "org_id": org_id, "pipeline_id": pipeline_id, "stage": stage, "title": title, "owner_id": owner_id,
+        "tags": tags, "contact_id": contact_id, "at": at or now()})
+    assert record_id is not None
+    return record_id  # type: ignore[no-any-return]
 
 
 def get(conn: Connection, record_id: int, org_id: str | None = None, *, lock: bool = False) -> RecordRow | None:
@@ -42,40 +72,39 @@ def get(conn: Connection, record_id: int, org_id: str | None = None, *, lock: bo
     return RecordRow(row.id, row.org_id, row.pipeline, row.stage, row.contact_id) if row is not None else None
 
 
-def contact_address(conn: Connection, record_id: int) -> tuple[int, str] | None:
-    """The record's contact (id, address), if it has one."""
-    row = conn.execute(
-        select(_CONTACTS.c.id, _CONTACTS.c.email).join(_RECORDS, _RECORDS.c.contact_id == _CONTACTS.c.id)
-        .where(_RECORDS.c.id == record_id)
-    ).one_or_none()
-    return (row.id, row.email) if row is not None else None
+class JoinState(NamedTuple):
+    stage: str
+    contact: tuple[int, str] | None  # the record's contact (id, address), if it has one
 
 
-def locked_stage(conn: Connection, record_id: int) -> str:
-    """The stage, with the row locked until the transaction ends: of two simultaneous
-    replies, one reopens."""
-    return conn.execute(select(_RECORDS.c.stage).where(_RECORDS.c.id == record_id).with_for_update()).scalar_one()
+def join_state(conn: Connection, record_id: int, *, lock: bool) -> JoinState:
+    """What a reply joining the record needs, in one read: its stage and its contact.
+    ``lock``: the record row stays locked until the transaction ends (of two
+    simultaneous replies, one reopens)."""
+    st = _stmts(conn)
+    rows = (st.join_state_locked if lock else st.join_state).rows(conn, {"b_id": record_id})
+    stage, contact_id, address = rows[0]
+    return JoinState(stage, (contact_id, address) if contact_id is not None else None)
 
 
 def set_stage(conn: Connection, record_id: int, stage: str) -> None:
-    conn.execute(update(_RECORDS).where(_RECORDS.c.id == record_id).values(stage=stage, updated_at=now()))
+    _stmts(conn).stage.run(conn, {"b_id": record_id, "b_stage": stage, "b_at": now()})
 
 
 def add_stage_change(conn: Connection, org_id: str, record_id: int, from_stage: str | None, to_stage: str,
                      cause: str, email_id: int | None = None, actor: str | None = None) -> None:
     """One entry of the stage history (``actor``: who moved it, when a person did)."""
-    conn.execute(m.StageChange.__table__.insert().values(
-        org_id=org_id, record_id=record_id, from_stage=from_stage, to_stage=to_stage,
-        at=now(), cause=cause, email_id=email_id, actor=actor))
+    _stmts(conn).change.run(conn, {"org_id": org_id, "record_id": record_id, "from_stage": from_stage,
+                                   "to_stage": to_stage, "at": now(), "cause": cause, "email_id": email_id,
+                                   "actor": actor})
 
 
 def participate(conn: Connection, org_id: str, record_id: int, addresses: Sequence[str]) -> None:
     """The addresses take part in the record (each once): its token in a subject then counts."""
     if not addresses:
         return
-    parts = m.Participant.__table__
-    conn.execute(insert_for(conn, parts).on_conflict_do_nothing(),
-                 [{"org_id": org_id, "record_id": record_id, "address": a} for a in addresses])
+    _stmts(conn).participate.run_many(conn, [{"org_id": org_id, "record_id": record_id, "address": a}
+                                             for a in addresses])
 
 
 def participants(conn: Connection, record_id: int) -> list[str]:

@@ -1,11 +1,13 @@
 """The load generator: an asyncio SMTP/LMTP client on raw streams.
 
 One task per connection.  Per message it writes MAIL, RCPT and DATA in one packet
-(RFC 2920 pipelining), reads their three replies, and only after 354 writes the
-message (the per-message header block, then the shared body, both prebuilt and
-dot-stuffed) and reads the final reply.  Latency is from writing MAIL to reading
-the final reply.  Every loop is bounded: a cell ends at its deadline or message cap,
-and every message and connection step has a timeout.
+(RFC 2920 pipelining; MAIL FROM is the run's ``mail_from``, or built per message
+from ``factory.mail_from(seq)`` when ``factory.per_message_sender`` says so), reads
+their three replies, and only after 354 writes the message (the per-message header
+block, then the shared body, both prebuilt and dot-stuffed) and reads the final
+reply.  Latency is from writing MAIL to reading the final reply.  Every loop is
+bounded: a cell ends at its deadline or message cap, and every message and
+connection step has a timeout.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ async def _connection(host: str, port: int, lmtp: bool, factory: MessageFactory,
     ready()
     await start.wait()
     claims = claims_box[0]
+    fixed_from = None if factory.per_message_sender else mail_from.encode()
+    rcpt_b = rcpt.encode()
     try:
         for _ in range(claims.end - claims.next + 1):  # bounded by the cap as well
             seq = claims.take()
@@ -113,8 +117,8 @@ async def _connection(host: str, port: int, lmtp: bool, factory: MessageFactory,
             t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(MESSAGE_TIMEOUT):
-                    writer.write(b"MAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<%s>\r\nDATA\r\n"
-                                 % (mail_from.encode(), size, rcpt.encode()))
+                    sender = fixed_from if fixed_from is not None else factory.mail_from(seq).encode()
+                    writer.write(b"MAIL FROM:<%s> SIZE=%d\r\nRCPT TO:<%s>\r\nDATA\r\n" % (sender, size, rcpt_b))
                     mail = await _reply(reader)
                     rcpt_reply = await _reply(reader)
                     data = await _reply(reader)
@@ -154,12 +158,14 @@ async def _connection(host: str, port: int, lmtp: bool, factory: MessageFactory,
 
 
 async def run_load(host: str, port: int, *, lmtp: bool, conns: int, factory: MessageFactory, rcpt: str,
-                   mail_from: str, seconds: float, max_messages: int, first_seq: int = 0,
+                   mail_from: str | None = None, seconds: float, max_messages: int, first_seq: int = 0,
                    on_start: Callable[[], None] | None = None,
                    on_ok: Callable[[int], None] | None = None) -> LoadResult:
     """Open ``conns`` connections, then send messages on all of them until ``seconds``
     have passed or ``max_messages`` were started, whichever comes first.  The clock
     starts when every connection has greeted (connection setup is not measured)."""
+    if mail_from is None:
+        mail_from = factory.mail_from(first_seq)
     result = LoadResult()
     start = asyncio.Event()
     pending = [conns]

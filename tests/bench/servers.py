@@ -243,6 +243,23 @@ class Database:
             print(f"bench: could not query {self.backend}: {exc}", file=sys.stderr)
             return None
 
+    def execute(self, sql: str) -> int:
+        """Run one write statement and commit it; returns the rows it changed.  Unlike
+        scalar() it raises: a benchmark that cannot prepare its data must not go on."""
+        if self.backend == "sqlite":
+            assert self.path is not None
+            conn = sqlite3.connect(self.path, timeout=30)
+            try:
+                with conn:  # commits
+                    return conn.execute(sql).rowcount
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as pg:  # type: ignore[arg-type]
+            pg.execute(f"SET search_path TO {self.schema}")
+            return pg.execute(sql).rowcount
+
     def count(self, table: str) -> int | None:
         try:
             if self.backend == "sqlite":
