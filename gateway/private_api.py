@@ -172,6 +172,19 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "gateway/store/prepared.py Prepared.__init__",
         "as insert_prefetch, for UPDATE",
         "instance attribute", kind="internal"),
+    PrivateUse(
+        "SQLAlchemy", "sqlalchemy.pool.base:Pool._invalidate",
+        "gateway/store/prepared.py _wrap",
+        "a connection lost under a statement run on the driver's cursor: the pool drops it and "
+        "every older one, as SQLAlchemy does for its own statements (Connection._handle_dbapi_exception)",
+        "(self, connection, exception=None, _checkin=True)"),
+    # --- psycopg: gateway/store/prepared.py, pipeline mode over a write transaction ------
+    PrivateUse(
+        "psycopg", "psycopg._connection_base:BaseConnection._get_tx_start_command",
+        "gateway/store/prepared.py _enter_pipeline",
+        "the BEGIN psycopg would send (with the connection's isolation level), queued by us in "
+        "the pipeline: psycopg's own BEGIN syncs the pipeline, a round trip of its own",
+        "(self)"),
     # --- prometheus-client: gateway/probes.py serves /metrics, /healthz, /readyz ---------
     PrivateUse(
         "prometheus-client", "prometheus_client.exposition:_SilentHandler",

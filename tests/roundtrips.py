@@ -97,15 +97,17 @@ def _text(value: bytes | str) -> str:
 
 
 def _phase() -> str | None:
-    """"filing" inside Deliveries._work (the worker's job), "rcpt" inside route_for."""
+    """"filing" inside Deliveries._work (the worker's job), "rcpt" inside the dropbox
+    address lookup at RCPT (Database.reading(store.dropboxes.owner, ...), checkout
+    included)."""
     frame = sys._getframe(2)
     while frame is not None:
         code = frame.f_code
-        if code.co_filename.endswith("gateway/delivery.py"):
-            if code.co_name in ("_work", "_work_in_batch"):
-                return "filing"
-            if code.co_name == "route_for":
-                return "rcpt"
+        if code.co_filename.endswith("gateway/delivery.py") and code.co_name in ("_work", "_work_in_batch"):
+            return "filing"
+        if (code.co_filename.endswith("gateway/store/db.py") and code.co_name == "reading"
+                and getattr(frame.f_locals.get("fn"), "__qualname__", "") == "owner"):
+            return "rcpt"
         frame = frame.f_back  # type: ignore[assignment]
     return None
 

@@ -40,3 +40,9 @@ def test_round_trips_per_filing_within_bounds(config_dir: Path, database_url: st
     assert not over, json.dumps(over, indent=1)
     # Each measured filing did talk to the database (the probe saw its calls).
     assert all(min(r["filing"]) >= 3 for r in found.values()), found
+    # The dropbox address lookup at RCPT: one round trip (autocommit, no ping); two
+    # when psycopg prepares it on that pooled connection's fifth use, or pings a
+    # connection idle for 2 s.
+    rcpt = found["dropbox"]["rcpt"] + found["dropbox-new"]["rcpt"]
+    assert min(rcpt) == 1 and max(rcpt) <= 2, found
+    assert found["alias-new"]["rcpt"] == [0, 0, 0], found  # aliases are in the rules
