@@ -48,7 +48,10 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> Engine:
+def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8, *, pipelines: bool = True) -> Engine:
+    """``pipelines``: PostgreSQL, our compiled statements in psycopg's pipeline mode
+    with our own BEGIN and COMMIT (store/prepared.py; off for the dry run, whose
+    refusal to commit must come before any COMMIT is sent)."""
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -72,7 +75,8 @@ def make_engine(url: str, timeout_seconds: float = 10.0, pool_size: int = 8) -> 
         connect_args=connect_args,
     )
     _ping_when_idle(engine)
-    prepared.install(engine)
+    if pipelines:
+        prepared.install(engine)
     return engine
 
 
@@ -195,9 +199,9 @@ def make_dry_run_engine(url: str, timeout_seconds: float = 10.0) -> Engine:
     PostgreSQL: rows are rolled back, but sequences that INSERTs drew ids from stay
     advanced (nextval is not transactional): explain may skip ids, never store rows.
     """
-    engine = make_engine(url, timeout_seconds, pool_size=1)
+    engine = make_engine(url, timeout_seconds, pool_size=1, pipelines=False)
 
-    @event.listens_for(engine, "commit", insert=True)  # before the pipeline's COMMIT (store/prepared.py)
+    @event.listens_for(engine, "commit")
     def _refuse_commit(conn: Connection) -> None:
         raise RuntimeError("a dry run must not commit")
 
