@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -34,8 +32,8 @@ from typing import Any
 from tests.bench import servers as srv
 from tests.bench.client import LoadResult, run_load
 from tests.bench.messages import ROUTES, MessageFactory, replies_to, thread_starts
-from tests.bench.run import (EFFECT_LABEL, EFFECTS, REOPEN_RESET, ROUTE_EFFECTS, _clean, _f, _render, environment,
-                             log, median, percentile, prepare, reply_threads)
+from tests.bench.run import (EFFECT_LABEL, EFFECTS, REOPEN_RESET, ROUTE_EFFECTS, _f, _render, environment,
+                             log, median, percentile, prepare, reply_threads, wrap_up)
 
 SIZE = 1000                    # 1 KB mail
 LISTENER = "lmtp"
@@ -330,13 +328,7 @@ async def main_async(args: argparse.Namespace) -> int:
                         f"{c['250s']} 250s, {c['duplicate_message_ids']} duplicates" for c in bad) + ".")
         failed = False
     finally:
-        if args.json:
-            Path(args.json).write_text(json.dumps(_clean(report), indent=2, default=str) + "\n")
-            log(f"bench: wrote {args.json}")
-        if failed:
-            log(f"bench: failed; server logs kept in {workdir}")
-        elif not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        wrap_up(args, report, workdir, failed)
     return 0
 
 

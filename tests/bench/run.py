@@ -737,6 +737,18 @@ def environment() -> dict[str, Any]:
             "command": "python -m tests.bench.run " + " ".join(sys.argv[1:])}
 
 
+def wrap_up(args: argparse.Namespace, report: dict[str, Any], workdir: Path, failed: bool) -> None:
+    """After a run (also a failed one): the JSON report if asked for, and the work dir
+    removed -- or kept, with the server logs, after a failure or when given."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(_clean(report), indent=2, default=str) + "\n")
+        log(f"bench: wrote {args.json}")
+    if failed:
+        log(f"bench: failed; server logs kept in {workdir}")
+    elif not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -774,13 +786,7 @@ async def main_async(args: argparse.Namespace) -> int:
                       f"{c['250s']} 250s" for c in unfiled) + ".")
         failed = False
     finally:
-        if args.json:
-            Path(args.json).write_text(json.dumps(_clean(report), indent=2, default=str) + "\n")
-            log(f"bench: wrote {args.json}")
-        if failed:
-            log(f"bench: failed; server logs kept in {workdir}")
-        elif not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        wrap_up(args, report, workdir, failed)
     return 0
 
 
