@@ -8,14 +8,15 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, literal_column, select
 
 from gateway.store import models as m
-from gateway.store.prepared import PerDialect, Prepared
+from gateway.store.prepared import PerDialect, Prepared, Shapes
 
 _EMAILS, _LINKS, _RECORDS, _PARTS = m.Email.__table__, m.Link.__table__, m.Record.__table__, m.Participant.__table__
 MAX_IDS = 100  # message ids looked up at once (gateway/filing/threads.py bounds them so)
 
 
-def _by_message_id(n: int, pipeline: bool, participant: bool) -> Any:
+def _by_message_id(shape: tuple[int, bool, bool]) -> Any:
     """The Message-ID -> record join for ``n`` ids (one compiled statement per shape)."""
+    n, pipeline, participant = shape
     joined = _EMAILS.join(_LINKS, (_LINKS.c.email_id == _EMAILS.c.id) & (_LINKS.c.kind == literal_column("'record'")))
     columns: list[Any] = [_EMAILS.c.message_id, _LINKS.c.target_id]
     where = [_EMAILS.c.org_id == bindparam("b_org"), _EMAILS.c.message_id.in_([bindparam(f"b_mid{i}") for i in range(n)])]
@@ -33,18 +34,10 @@ class _Statements:
     """Compiled once per dialect, run on the driver's cursor (gateway/store/prepared.py)."""
 
     def __init__(self, conn: Connection):
-        self.dialect = conn.dialect
-        self.by_message_id: dict[tuple[int, bool, bool], Prepared] = {}
+        self.by_message_id = Shapes(conn.dialect, _by_message_id)
         self.takes_part = Prepared(select(_PARTS.c.id).where(
             _PARTS.c.record_id == bindparam("b_record"), _PARTS.c.address == bindparam("b_address")),
             conn.dialect)
-
-    def lookup(self, n: int, pipeline: bool, participant: bool) -> Prepared:
-        key = (n, pipeline, participant)
-        found = self.by_message_id.get(key)
-        if found is None:
-            found = self.by_message_id[key] = Prepared(_by_message_id(*key), self.dialect)
-        return found
 
 
 _stmts = PerDialect(_Statements)
@@ -61,7 +54,7 @@ def records_by_message_id(conn: Connection, org_id: str, message_ids: list[str],
         return {}
     params: dict[str, Any] = {f"b_mid{i}": mid for i, mid in enumerate(ids)}
     params.update(b_org=org_id, b_pipeline=pipeline_id, b_participant=participant)
-    statement = _stmts(conn).lookup(len(ids), pipeline_id is not None, participant is not None)
+    statement = _stmts(conn).by_message_id((len(ids), pipeline_id is not None, participant is not None))
     best: dict[str, tuple[bool, int]] = {}
     for row in statement.rows(conn, params):
         mid, record_id = row[0], row[1]

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.outcome import Kind, PersonWanted
 from gateway.store import models as m
-from gateway.store.prepared import PerDialect, Prepared
+from gateway.store.prepared import PerDialect, Prepared, Shapes
 from gateway.store.sql import insert_for, now, tenant_rows
 
 TABLES: dict[str, Table] = {"lead": m.Lead.__table__, "contact": m.Contact.__table__}  # type: ignore[dict-item]
@@ -37,25 +37,16 @@ class _Statements:
                                            created_at=bindparam("created_at"), updated_at=bindparam("updated_at"))
                 .on_conflict_do_nothing(index_elements=["org_id", "email"]).returning(t.c.id),
                 conn.dialect)
-
-
-        # PostgreSQL: search and create in one statement (one round trip, issue 17).
-        self.find_or_create: dict[tuple[tuple[str, ...], str], Prepared] = {}
-        self.dialect = conn.dialect
-
-    def one_statement(self, search: tuple[str, ...], creates: str) -> Prepared:
-        """The matches in search order and, when there are none, the new row -- each as
-        (rank, kind, id, created).  A row another writer committed meanwhile makes
-        the INSERT do nothing: no row at all then (the caller looks again)."""
-        key = (search, creates)
-        found = self.find_or_create.get(key)
-        if found is None:
-            found = self.find_or_create[key] = Prepared(text(_find_or_create_sql(search, creates)), self.dialect)
-        return found
+        # PostgreSQL: search and create in one statement (one round trip, issue 17),
+        # per (search order, kind created): the matches in search order and, when there
+        # are none, the new row -- each as (rank, kind, id, created).  A row another
+        # writer committed meanwhile makes the INSERT do nothing: no row at all then
+        # (the caller looks again).
+        self.find_or_create = Shapes(conn.dialect, lambda key: text(_find_or_create_sql(*key)))
 
 
 def _find_or_create_sql(search: tuple[str, ...], creates: str) -> str:
-    table = {"lead": "leads", "contact": "contacts"}
+    table = {kind: t.name for kind, t in TABLES.items()}
     found = " UNION ALL ".join(
         f"SELECT {rank} AS rank, '{kind}' AS kind, id FROM {table[kind]} WHERE org_id = :org_id AND email = :email"
         for rank, kind in enumerate(search))
@@ -88,7 +79,7 @@ def find_or_create(
     # SPEC 2.7: without a name, the address is both the email and the last name.
     stamp = at or now()
     if conn.dialect.name == "postgresql":
-        rows = st.one_statement(tuple(wanted.search), wanted.creates).rows(conn, {
+        rows = st.find_or_create((tuple(wanted.search), wanted.creates)).rows(conn, {
             "org_id": org_id, "email": wanted.address, "first_name": first_name,
             "last_name": last_name or wanted.address, "owner_id": owner_id, "source": source, "at": stamp})
         if rows:

@@ -64,9 +64,6 @@ class Prepared:
             _enter_pipeline(conn, driver)
         return driver.cursor()  # type: ignore[union-attr]
 
-    def _error(self, conn: Connection, args: Any, exc: Exception) -> sqlalchemy.exc.DBAPIError:
-        return _wrap(conn, exc, self.sql, args)
-
     def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
         """Run with ``params`` (every bind by name); returns the DB-API cursor.  In a
         pipeline the result is there once read (fetch*), or after the COMMIT."""
@@ -78,7 +75,7 @@ class Prepared:
         except self.dialect.loaded_dbapi.Error as exc:
             if cursor is not None:
                 cursor.close()
-            raise self._error(conn, args, exc) from exc
+            raise _wrap(conn, exc, self.sql, args) from exc
         return cursor
 
     def run_many(self, conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
@@ -89,7 +86,7 @@ class Prepared:
             cursor = self._cursor(conn)
             cursor.executemany(self.sql, args)
         except self.dialect.loaded_dbapi.Error as exc:
-            raise self._error(conn, args, exc) from exc
+            raise _wrap(conn, exc, self.sql, args) from exc
         finally:
             if cursor is not None:
                 cursor.close()
@@ -100,7 +97,7 @@ class Prepared:
         try:
             return cursor.fetchall()  # type: ignore[no-any-return]
         except self.dialect.loaded_dbapi.Error as exc:  # in a pipeline: this or an earlier statement
-            raise self._error(conn, params, exc) from exc
+            raise _wrap(conn, exc, self.sql, params) from exc
         finally:
             cursor.close()
 
@@ -110,7 +107,7 @@ class Prepared:
         try:
             row = cursor.fetchone()
         except self.dialect.loaded_dbapi.Error as exc:  # in a pipeline: this or an earlier statement
-            raise self._error(conn, params, exc) from exc
+            raise _wrap(conn, exc, self.sql, params) from exc
         finally:
             cursor.close()
         return None if row is None else row[0]
@@ -124,6 +121,22 @@ class Prepared:
 
 
 T = TypeVar("T")
+K = TypeVar("K")
+
+
+class Shapes(Generic[K]):
+    """Statements of one dialect that vary in shape (a list's length, optional
+    clauses): ``build(key)`` compiled on the first use of each key."""
+
+    def __init__(self, dialect: Dialect, build: Callable[[K], Any]):
+        self._dialect, self._build = dialect, build
+        self._built: dict[K, Prepared] = {}
+
+    def __call__(self, key: K) -> Prepared:
+        found = self._built.get(key)
+        if found is None:
+            found = self._built[key] = Prepared(self._build(key), self._dialect)
+        return found
 
 
 class PerDialect(Generic[T]):
