@@ -154,6 +154,11 @@ def main(config_dir: str, database_url: str) -> None:
         def dropbox_existing() -> None:
             deliver(dropbox, "hashimoto@zylker.example", to="Known Customer <known@customer.example>")
 
+        def dropbox_attachments() -> None:  # big mail is attachments: their rows are pipelined too
+            deliver(dropbox, "hashimoto@zylker.example", to="Known Customer <known@customer.example>",
+                    attachments=[("quotation.pdf", "application/pdf", b"%PDF-1.4 " * 2000),
+                                 ("terms.pdf", "application/pdf", b"%PDF-1.4 terms")])
+
         def dropbox_new() -> None:
             deliver(dropbox, "hashimoto@zylker.example", to=f"New Customer <new{next(seq)}@customer.example>")
 
@@ -194,7 +199,8 @@ def main(config_dir: str, database_url: str) -> None:
         prepare(service, "service", WARM + MEASURED)
         for _, mid in threads["service"]:
             app.database.writing(records_mod.move, app.deliveries.rules, record_of(mid), "Resolved")
-        routes = {"dropbox": dropbox_existing, "dropbox-new": dropbox_new, "alias-new": alias_new,
+        routes = {"dropbox": dropbox_existing, "dropbox-attachments": dropbox_attachments, "dropbox-new": dropbox_new,
+                  "alias-new": alias_new,
                   "alias-reply": alias_reply, "alias-reopen": alias_reopen}
         out: dict[str, Any] = {}
         for name, send in routes.items():

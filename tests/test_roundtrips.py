@@ -21,7 +21,7 @@ from tests.conftest import PG_URL, REPO
 
 pytestmark = pytest.mark.skipif(not PG_URL, reason="needs PostgreSQL (GATEWAY_TEST_DATABASE_URL)")
 
-BOUNDS = {"dropbox": 5, "dropbox-new": 5, "alias-new": 6, "alias-reply": 6, "alias-reopen": 6}
+BOUNDS = {"dropbox": 5, "dropbox-attachments": 5, "dropbox-new": 5, "alias-new": 6, "alias-reply": 6, "alias-reopen": 6}
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

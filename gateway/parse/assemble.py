@@ -21,7 +21,7 @@ from gateway.parse.headers import (ENCODED_WORD_CHARSET, HeaderSection, decode_h
 from gateway.parse import forwards, invitations, newtext
 from gateway.parse.html_text import html_to_text
 from gateway.parse.limits import MAX_DEPTH, MAX_PARTS
-from gateway.parse.mime import (Walk, attachment_name, content_type, decode_payload, leaves, param_text,
+from gateway.parse.mime import (Walk, attachment_name, content_type, decode_payload, leaves, payload_size, param_text,
                                 rfc2231_charset)
 from gateway.parse.text import clean, normalize_newlines
 from gateway.parse.undeclared import declared_charsets, decode_raw_header
@@ -69,6 +69,8 @@ def _top(raw: bytes) -> tuple[Message, HeaderSection]:
 
 
 _NOT_BLANK = re.compile(rb"\S")
+# Attachments whose content is read (a forward's original, an invitation).
+_KEPT = ("message/rfc822", "text/calendar")
 
 
 def _parse(raw: bytes, *, understand: bool) -> ParsedMessage:
@@ -104,6 +106,9 @@ def _parse(raw: bytes, *, understand: bool) -> ParsedMessage:
             labels += [label for label in (charset, rfc2231_charset(msg)) if label]
         if kind == "html" and html is not None:
             continue  # a second HTML alternative
+        if kind == "attachment" and part_type not in _KEPT:
+            found.append((msg, part_type, payload_size(msg, body)))  # its size is all we keep
+            continue
         payload = decode_payload(msg, body)
         if kind in ("attachment", "named-text"):
             found.append((msg, part_type, len(payload)))

@@ -116,6 +116,24 @@ def _b64decode(data: bytes) -> bytes:
         return b""
 
 
+def _b64size(data: bytes) -> int:
+    """len(_b64decode(data)) without decoding: 6 bits per base64 character, the
+    padding and anything else (line breaks, junk) not counted -- what the decoder
+    and its salvage make of it.  Only where no '=' stands before the end (there the
+    decoder stops early)."""
+    if b"=" in data.rstrip(b" \t\r\n="):
+        return len(_b64decode(data))
+    return len(data.translate(None, _B64_JUNK)) * 6 // 8
+
+
+def payload_size(msg: Message, body: bytes) -> int:
+    """len(decode_payload(msg, body)), without building the decoded bytes of a
+    base64 part (an attachment whose size is all we keep)."""
+    if str(msg.get("content-transfer-encoding", "")).strip().lower() == "base64":
+        return _b64size(body)
+    return len(decode_payload(msg, body))
+
+
 def decode_payload(msg: Message, body: bytes) -> bytes:
     """A part's body with its Content-Transfer-Encoding undone (bad base64 salvaged)."""
     cte = str(msg.get("content-transfer-encoding", "")).strip().lower()

@@ -43,7 +43,8 @@ class _Statements:
         self.link = Prepared(link.on_conflict_do_nothing(), conn.dialect)
         self.email = Prepared(e.insert().returning(e.c.id), conn.dialect, EMAIL_KEYS)
         self.raw = Prepared(m.EmailRaw.__table__.insert(), conn.dialect, ("email_id", "org_id", "content"))
-        self.attachments = m.Attachment.__table__.insert()
+        self.attachments = Prepared(m.Attachment.__table__.insert(), conn.dialect,
+                                    ("org_id", "email_id", "filename", "content_type", "size"))
 
 
 _stmts = PerDialect(_Statements)
@@ -92,7 +93,7 @@ def insert(conn: Connection, row: dict[str, Any], p: ParsedMessage) -> int:
     assert email_id is not None
     st.raw.run(conn, {"email_id": email_id, "org_id": row["org_id"], "content": p.raw})
     if p.attachments:
-        conn.execute(st.attachments, [
+        st.attachments.run_many(conn, [
             {"org_id": row["org_id"], "email_id": email_id, "filename": a.filename,
              "content_type": a.content_type, "size": a.size}
             for a in p.attachments
