@@ -185,6 +185,30 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "the BEGIN psycopg would send (with the connection's isolation level), queued by us in "
         "the pipeline: psycopg's own BEGIN syncs the pipeline, a round trip of its own",
         "(self)"),
+    # --- uvicorn: gateway/api/server.py runs it on the daemon's loop -----------------------
+    PrivateUse(
+        "uvicorn", "uvicorn.server:Server.main_loop",
+        "gateway/api/server.py _Server.main_loop",
+        "replaced by the same tick loop woken at once by stop(): uvicorn's waits for its next "
+        "0.1 s tick (every stop of the daemon, every test's)",
+        "async (self)", kind="replaced",
+        source_sha256="afccb353a119333f206ffa120abc9efdc46a1ac60fe93485acfda2a271d75a62"),
+    PrivateUse(
+        "uvicorn", "uvicorn.server:Server.shutdown",
+        "gateway/api/server.py _Server.shutdown",
+        "replaced by the same steps, its fixed 0.1 s pause only taken when connections are open",
+        "async (self, sockets=None)", kind="replaced",
+        source_sha256="5d01b8b1f116a786a70e30a7e12ecc909e30547d79f87de08bcedaa12a920243"),
+    PrivateUse(
+        "uvicorn", "uvicorn.server:Server._wait_tasks_to_complete",
+        "gateway/api/server.py _Server.shutdown",
+        "uvicorn's wait for open connections and running tasks, called as its shutdown does",
+        "async (self)"),
+    PrivateUse(
+        "uvicorn", "uvicorn.server:Server.on_tick",
+        "gateway/api/server.py _Server.main_loop",
+        "one tick: refreshes the Date header, True once should_exit is set",
+        "async (self, counter)", kind="internal"),
     # --- prometheus-client: gateway/probes.py serves /metrics, /healthz, /readyz ---------
     PrivateUse(
         "prometheus-client", "prometheus_client.exposition:_SilentHandler",
