@@ -37,7 +37,7 @@ from gateway.smtp.server import GatewayLMTP, GatewaySMTP
 from gateway.smtp.sessions import ConnectionLimits, Sessions
 from gateway.store import db, organisations
 from gateway.store.writer import LoopWriter
-from gateway.workers import WorkerPool
+from gateway.workers import WorkerPool, drain
 
 log = logs.get("gateway.app")
 
@@ -385,7 +385,7 @@ class App:
         if self.api is not None:
             self.api.stop()
             await asyncio.wait([self._api_task], timeout=grace)
-            self.api_context.shutdown()
+            await self.api_context.shutdown(grace)
         if self.outbox is not None:
             await self.outbox.stop()
         if self.sender is not None:
@@ -400,8 +400,10 @@ class App:
             if QUOTA.source == self.quota_report:
                 QUOTA.source = None
             self.probes.stop()
-        if self._probe_thread is not None:
-            self._probe_thread.shutdown(wait=False, cancel_futures=True)
+        if self._probe_thread is not None:  # a probe under way ends before its engine goes
+            from gateway.probes import DATABASE_PROBE_TIMEOUT_SECONDS
+
+            await drain(self._probe_thread, DATABASE_PROBE_TIMEOUT_SECONDS)
         if self._database_probe is not None:
             self._database_probe.dispose()
         self.database_ok = False

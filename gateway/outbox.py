@@ -23,6 +23,7 @@ from gateway.settings import Settings
 from gateway.store import events as store_events, review as store_review
 from gateway.store.db import Database
 from gateway.store.sql import now
+from gateway.workers import drain
 
 log = logs.get("gateway.outbox")
 
@@ -125,7 +126,9 @@ class Outbox:
 
     async def stop(self) -> None:
         await self._passes.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # A pass cut short may still be in its thread, in a transaction: let it end
+        # before the daemon disposes of the pool.
+        await drain(self._executor, STOP_WAIT_SECONDS)
 
     async def step(self) -> int:
         """One pass: sequence, tell the sender, maybe prune; the number of events sequenced."""

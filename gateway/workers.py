@@ -69,6 +69,17 @@ def _job(fn: Callable[..., T], *args: Any) -> T:
         _RUNNING.dec()
 
 
+async def drain(executor: ThreadPoolExecutor, timeout: float) -> bool:
+    """Stop ``executor``: jobs not started are dropped, the running one gets up to
+    ``timeout`` seconds to end -- it may be inside a transaction on a pooled
+    connection the caller is about to dispose of (a connection left to the garbage
+    collector is never closed).  True when it ended in time."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    ended = asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+    done, _ = await asyncio.wait([ended], timeout=timeout)
+    return bool(done)
+
+
 class BigMessages:
     """At most ``slots`` messages over 1 MB held in memory at once, from the moment a
     DATA buffer passes 1 MB until that delivery is answered.  Other big messages stop

@@ -16,6 +16,7 @@ from gateway.api.pagination import render
 from gateway.api.problems import Problem
 from gateway.delivery import guarded
 from gateway.errors import TemporaryFailure
+from gateway.workers import drain
 from gateway.rules.index import RuleIndex
 from gateway.store.db import Database
 
@@ -77,6 +78,7 @@ class ApiContext:
         if self._recipients_changed is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._recipients_changed)
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    async def shutdown(self, timeout: float) -> None:
+        """After the listener stopped: a read or write still in a thread ends first."""
+        await drain(self._pool, timeout)
 
