@@ -129,14 +129,18 @@ def _b64size(data: bytes) -> int:
 def payload_size(msg: Message, body: bytes) -> int:
     """len(decode_payload(msg, body)), without building the decoded bytes of a
     base64 part (an attachment whose size is all we keep)."""
-    if str(msg.get("content-transfer-encoding", "")).strip().lower() == "base64":
+    if _transfer_encoding(msg) == "base64":
         return _b64size(body)
     return len(decode_payload(msg, body))
 
 
+def _transfer_encoding(msg: Message) -> str:
+    return str(msg.get("content-transfer-encoding", "")).strip().lower()
+
+
 def decode_payload(msg: Message, body: bytes) -> bytes:
     """A part's body with its Content-Transfer-Encoding undone (bad base64 salvaged)."""
-    cte = str(msg.get("content-transfer-encoding", "")).strip().lower()
+    cte = _transfer_encoding(msg)
     if cte == "base64":
         return _b64decode(body)
     if cte == "quoted-printable":
