@@ -23,11 +23,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from gateway import views
-from gateway.filing.threads import record_token
 from gateway.message import ParsedMessage
 from gateway.outcome import AliasDecision, DropboxDecision, Filing, Plan, decision_json
 from gateway.views import public_id, ts
-from gateway.rules.index import OrgEntry, RuleIndex
+from gateway.rules.index import OrgEntry, RuleIndex, record_token
 from gateway.store.events import NewEvent
 
 EMAIL_FILED = "email.filed"

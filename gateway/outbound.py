@@ -20,14 +20,14 @@ from sqlalchemy import Connection
 from gateway import events
 from gateway.addresses import domain_of, looks_like_address, normalise
 from gateway.filing.people import participants
-from gateway.filing.threads import first_evidence, header_evidence, record_token
+from gateway.filing.threads import first_evidence, header_evidence
 from gateway.errors import PermanentFailure
 from gateway.parse import parse_message
 from gateway.parse.headers import split_fields
 from gateway.message import ParsedMessage
 from gateway.outcome import Link, RelayDecision, decision_json
 from gateway.replies import REPLIES
-from gateway.rules.index import LoginEntry, OrgEntry, RuleIndex
+from gateway.rules.index import LoginEntry, OrgEntry, RuleIndex, record_token
 from gateway.store import conversations, deliveries, emails, people, records
 from gateway.store import events as store_events
 from gateway.store.sql import now

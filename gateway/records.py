@@ -13,9 +13,8 @@ from sqlalchemy import Connection, Engine
 
 from gateway import sharing
 from gateway.errors import UserError
-from gateway.filing.threads import record_token
 from gateway.outcome import decision_from_json, decision_json
-from gateway.rules.index import RuleIndex
+from gateway.rules.index import RuleIndex, record_token
 from gateway.store import deliveries
 from gateway.store import emails as store_emails
 from gateway.store import people as store_people

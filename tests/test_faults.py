@@ -435,7 +435,8 @@ class _WatchedSlot:
 
 
 class _CountingReader:
-    """A session's stream during DATA: records a read made past 1 MB without the slot."""
+    """A session's stream during DATA: records a read made without the slot, and one
+    made past 1 MB without it."""
 
     def __init__(self, reader, slot, watch: dict) -> None:  # type: ignore[no-untyped-def]
         self._reader, self._slot, self._watch = reader, slot, watch
@@ -444,8 +445,10 @@ class _CountingReader:
     async def read(self, n: int) -> bytes:
         from gateway.workers import BIG_MESSAGE_BYTES
 
-        if self.consumed > BIG_MESSAGE_BYTES and not self._slot.held:
-            self._watch["read_without_slot"].append(self.consumed)
+        if not self._slot.held:
+            self._watch["read_before_slot"].append(self.consumed)
+            if self.consumed > BIG_MESSAGE_BYTES:
+                self._watch["read_without_slot"].append(self.consumed)
         chunk = await self._reader.read(n)
         self.consumed += len(chunk)
         return chunk
@@ -454,9 +457,11 @@ class _CountingReader:
         return getattr(self._reader, name)  # _buffer: pipelined commands given back
 
 
-def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, database_url, monkeypatch):
+@pytest.mark.parametrize("announced", [False, True], ids=["unannounced", "size-announced"])
+def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, database_url, monkeypatch, announced):
     """limits.big_messages_in_memory = 1: of three concurrent 3 MB messages one is
-    buffered at a time, the others wait (not read); all three are filed, and the loop
+    buffered at a time, the others wait (not read past 1 MB; not read at all when MAIL
+    FROM's SIZE= announced them big, as Postfix does); all three are filed, and the loop
     keeps answering other sessions meanwhile."""
     from gateway.smtp import server as smtp_server
 
@@ -464,7 +469,7 @@ def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, data
     g = RunningGateway(config_dir, database_url).start()
     # Watched on the loop: every DATA's big slot and how far its stream was read.
     watch: dict = {"holders": 0, "most_held": 0, "taken": 0, "waiting": 0, "read_without_slot": [],
-                   "overlapped": threading.Event()}
+                   "read_before_slot": [], "overlapped": threading.Event()}
     big_messages = g.app.sessions.big_messages
     real_slot, real_read_data = big_messages.slot, smtp_server.read_data
     monkeypatch.setattr(big_messages, "slot", lambda: _WatchedSlot(real_slot(), watch))
@@ -478,7 +483,9 @@ def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, data
         payloads = [message(message_id=f"<big-{i}@zylker.example>", body=("line %d of a big quotation\n" % i) * 120_000)
                     for i in range(3)]
         with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(g.lmtp, H, [box], data) for data in payloads]
+            futures = [pool.submit(g.lmtp, H, [box], data,
+                                   mail_options=(f"SIZE={len(data)}",) if announced else ())
+                       for data in payloads]
             # A second big message reached 1 MB while the first held the slot ...
             assert watch["overlapped"].wait(60), "the big messages never overlapped"
             with g.lmtp_client() as other:  # ... and meanwhile the loop answers others.
@@ -489,6 +496,10 @@ def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, data
         assert watch["taken"] == 3  # each was a big message, each had the slot
         assert watch["most_held"] == 1  # one buffered at a time
         assert watch["read_without_slot"] == []  # a waiting one was not read past 1 MB
+        if announced:
+            assert watch["read_before_slot"] == []  # nor at all
+        else:
+            assert watch["read_before_slot"]  # its first megabyte was read before
         assert watch["holders"] == 0 and watch["waiting"] == 0
         assert sorted(e["message_id"] for e in g.export()["emails"]) == [f"big-{i}@zylker.example" for i in range(3)]
     finally:

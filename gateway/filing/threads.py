@@ -21,20 +21,8 @@ from sqlalchemy import Connection
 
 from gateway.outcome import ThreadMatch
 from gateway.message import ParsedMessage
-from gateway.rules.index import OrgEntry, default_token_prefix
+from gateway.rules.index import format_token
 from gateway.store import conversations
-
-
-def format_token(fmt: str, prefix: str, record_id: int) -> str:
-    return fmt.replace("{prefix}", prefix).replace("{id}", str(record_id))
-
-
-def record_token(org: OrgEntry, pipeline: str, record_id: int) -> str:
-    """The token of a record, e.g. [#S-42]: the organisation's format with its
-    pipeline's prefix (derived from the name for a pipeline no longer in the rules)."""
-    entry = org.pipelines.get(pipeline)
-    prefix = entry.token_prefix if entry is not None else default_token_prefix(pipeline)
-    return format_token(org.record_token, prefix, record_id)
 
 
 @lru_cache(maxsize=64)

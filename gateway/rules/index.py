@@ -62,6 +62,20 @@ def default_token_prefix(pipeline_name: str) -> str:
     return ("".join(ch for ch in pipeline_name if ch.isalnum()) or "R").upper()
 
 
+def format_token(fmt: str, prefix: str, record_id: int) -> str:
+    return fmt.replace("{prefix}", prefix).replace("{id}", str(record_id))
+
+
+def record_token(org: "OrgEntry", pipeline: str, record_id: int) -> str:
+    """The token of a record, e.g. [#S-42]: the organisation's format with its
+    pipeline's prefix (derived from the name for a pipeline no longer in the rules).
+    Here, not in gateway.filing, so that commands reading records need not import
+    the filing code."""
+    entry = org.pipelines.get(pipeline)
+    prefix = entry.token_prefix if entry is not None else default_token_prefix(pipeline)
+    return format_token(org.record_token, prefix, record_id)
+
+
 @dataclass(frozen=True)
 class AliasEntry:
     org_id: str

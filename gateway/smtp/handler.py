@@ -23,7 +23,7 @@ from gateway.delivery import Deliveries
 from gateway.errors import DeliveryFailure
 from gateway.replies import REPLIES, Reply
 from gateway.routing import serves_domain
-from gateway.smtp.server import GatewayProtocol
+from gateway.smtp.server import GatewayProtocol, declared_size
 from gateway.smtp.sessions import Sessions
 from gateway.smtp.transaction import InboundTransaction, Transaction, new_queue_id
 
@@ -43,11 +43,8 @@ def outcome_of(reply: Reply) -> str:
 
 def size_refusal(mail_options: list[str], limit: int) -> Reply | None:
     """552 5.3.4 at MAIL when its SIZE= declares more than we take (RFC 1870)."""
-    for option in mail_options:
-        key, _, value = option.partition("=")
-        if key == "SIZE" and value.isdigit() and int(value) > limit:
-            return REPLIES.too_big
-    return None
+    size = declared_size(mail_options)
+    return REPLIES.too_big if size is not None and size > limit else None
 
 
 def with_queue_id(reply: Reply, queue_id: str) -> Reply:

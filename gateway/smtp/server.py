@@ -119,6 +119,15 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
             scan_from = max(0, len(buf) - (len(_END) - 1))
 
 
+def declared_size(mail_options: list[str]) -> int | None:
+    """The size MAIL FROM's SIZE= announces (RFC 1870), if any."""
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
 def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
     # Private (asyncio): StreamReader has no public unread; its buffer is a bytearray
     # we may prepend to.
@@ -325,6 +334,12 @@ class GatewayProtocol(SMTP):
         handler.sessions.in_flight += 1
         big = handler.sessions.big_messages.slot()
         try:
+            announced = declared_size(envelope.mail_options)
+            if announced is not None and announced > BIG_MESSAGE_BYTES:
+                # Announced big (RFC 1870 SIZE=, which Postfix sends): wait for a slot
+                # before reading anything, so waiting sessions hold no partial buffers
+                # (the data stays in the sender's and the kernel's buffers).
+                await big.take(self._reset_timeout)
             try:
                 # Private (aiosmtpd): _reader, the session's StreamReader, read in
                 # chunks; _reset_timeout restarts the idle timer per chunk.

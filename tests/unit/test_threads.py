@@ -1,17 +1,12 @@
-"""Thread evidence order and record tokens (pure parts of gateway/filing/threads.py)."""
+"""Thread evidence order and record tokens (pure parts of gateway/filing/threads.py and
+gateway/rules/index.py)."""
 
 from __future__ import annotations
 
-from gateway.filing.threads import (
-    first_evidence,
-    format_token,
-    header_evidence,
-    record_token,
-    tokens_in,
-)
+from gateway.filing.threads import first_evidence, header_evidence, tokens_in
 from gateway.outcome import ThreadMatch
 from gateway.parse import parse_message
-from gateway.rules.index import default_token_prefix
+from gateway.rules.index import default_token_prefix, format_token, record_token
 from tests.helpers import message
 
 
