@@ -486,7 +486,7 @@ def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, data
             futures = [pool.submit(g.lmtp, H, [box], data,
                                    mail_options=(f"SIZE={len(data)}",) if announced else ())
                        for data in payloads]
-            # A second big message reached 1 MB while the first held the slot ...
+            # A second big message waited for the slot while the first held it ...
             assert watch["overlapped"].wait(60), "the big messages never overlapped"
             with g.lmtp_client() as other:  # ... and meanwhile the loop answers others.
                 before = time.monotonic()
