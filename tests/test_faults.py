@@ -474,8 +474,8 @@ def test_big_messages_beyond_the_memory_slots_wait_and_all_file(config_dir, data
     real_slot, real_read_data = big_messages.slot, smtp_server.read_data
     monkeypatch.setattr(big_messages, "slot", lambda: _WatchedSlot(real_slot(), watch))
 
-    async def read_data(reader, limit, on_progress=None, big=None):  # type: ignore[no-untyped-def]
-        return await real_read_data(_CountingReader(reader, big, watch), limit, on_progress, big)
+    async def read_data(reader, limit, on_progress=None, big=None, announced=None):  # type: ignore[no-untyped-def]
+        return await real_read_data(_CountingReader(reader, big, watch), limit, on_progress, big, announced)
 
     monkeypatch.setattr(smtp_server, "read_data", read_data)
     try:

@@ -60,7 +60,8 @@ class MessageTooBig(Exception):
 
 
 async def read_data(reader: asyncio.StreamReader, limit: int | None,
-                    on_progress: "Callable[[], None] | None" = None, big: "BigSlot | None" = None) -> bytes:
+                    on_progress: "Callable[[], None] | None" = None, big: "BigSlot | None" = None,
+                    announced: int | None = None) -> bytes:
     """Read a DATA section up to and including the terminating line.
 
     Returns the dot-unstuffed message; raises MessageTooBig (after reading to the
@@ -68,7 +69,10 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
     ``on_progress`` is called per chunk (the session's idle timer restarts: RFC 5321
     4.5.3.2.6 times each TCP send of a DATA block, not the whole message).
     ``big``: taken once more than BIG_MESSAGE_BYTES are buffered (reading pauses
-    until it is free); the caller releases it after the delivery.
+    until it is free), or before the first read when MAIL FROM's SIZE= ``announced``
+    more (RFC 1870, which Postfix sends: a waiting session then holds none of it, the
+    data stays in the sender's and the kernel's buffers); the caller releases it
+    after the delivery.
     """
     # A virtual CRLF in front lets one search find a terminator on the first line.
     buf = bytearray(b"\r\n")
@@ -78,6 +82,8 @@ async def read_data(reader: asyncio.StreamReader, limit: int | None,
     # transparency; count them as they arrive (one per "\r\n.." on the wire).
     stuffed = 0
     counted_to = 0
+    if big is not None and announced is not None and announced > BIG_MESSAGE_BYTES:
+        await big.take(on_progress)
     while True:
         chunk = await reader.read(_CHUNK)
         if not chunk:
@@ -334,16 +340,11 @@ class GatewayProtocol(SMTP):
         handler.sessions.in_flight += 1
         big = handler.sessions.big_messages.slot()
         try:
-            announced = declared_size(envelope.mail_options)
-            if announced is not None and announced > BIG_MESSAGE_BYTES:
-                # Announced big (RFC 1870 SIZE=, which Postfix sends): wait for a slot
-                # before reading anything, so waiting sessions hold no partial buffers
-                # (the data stays in the sender's and the kernel's buffers).
-                await big.take(self._reset_timeout)
             try:
                 # Private (aiosmtpd): _reader, the session's StreamReader, read in
                 # chunks; _reset_timeout restarts the idle timer per chunk.
-                data = await read_data(self._reader, self.data_limit, self._reset_timeout, big)
+                data = await read_data(self._reader, self.data_limit, self._reset_timeout, big,
+                                       declared_size(envelope.mail_options))
             except MessageTooBig:
                 log.info("message over size limit refused during DATA")
                 handler.count_replies("data", [REPLIES.too_big] * count)
